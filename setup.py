@@ -1,0 +1,21 @@
+"""vmstate_gdb: open, inspect, edit and re-save QEMU/KVM snapshots from gdb."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="vmstate_gdb",
+    version="0.1.0",
+    description="Debug and edit frozen QEMU/KVM virtual machines (migration streams, savevm snapshots) with gdb",
+    packages=find_packages(include=["vmstate_gdb", "vmstate_gdb.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "pyelftools>=0.29,<0.33",
+        "xmltodict>=0.13,<0.15",
+        "capstone>=5.0,<6",
+        "qemu.qmp>=0.0.3,<0.1",
+    ],
+    extras_require={
+        "test": ["pytest>=7.2,<9", "hypothesis>=6.70,<7", "ruff>=0.4"],
+    },
+    entry_points={"console_scripts": ["vmstate = vmstate_gdb.cli:main"]},
+)
