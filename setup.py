@@ -9,8 +9,8 @@ setup(
     packages=find_packages(include=["vmstate_gdb", "vmstate_gdb.*"]),
     python_requires=">=3.11",
     install_requires=[
-        "pyelftools>=0.29,<0.33",
-        "xmltodict>=0.13,<0.15",
+        "pyelftools>=0.29,<0.34",
+        "xmltodict>=0.13,<2",
         "capstone>=5.0,<6",
         "qemu.qmp>=0.0.3,<0.1",
     ],
