@@ -1,0 +1,224 @@
+"""The `ram` section: block list, and a per-page index of where each page's last copy lives.
+
+The index is the whole point of opening a multi-GB snapshot quickly: one signed 64-bit entry per
+guest page (PAGE_ZERO, PAGE_ABSENT, or the stream offset of the page bytes), never the bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from dataclasses import dataclass, field
+
+from ..errors import UnsupportedError
+from . import constants as C
+from .cursor import Cursor
+
+PAGE_ZERO = 0  # the last record for the page was a ZERO record (or a clear mapped-ram bit)
+PAGE_ABSENT = -1  # no record at all: QEMU's loader leaves such a page as it was
+
+_BE64 = struct.Struct(">Q")
+
+
+@dataclass
+class MappedRamHeader:
+    """Per-block header of the mapped-ram layout (QEMU >= 9.0, migration/ram.c)."""
+
+    header_offset: int  # stream offset of the 28-byte header
+    page_size: int
+    bitmap_offset: int  # stream offsets (converted from QEMU's channel offsets)
+    pages_offset: int
+
+
+@dataclass
+class RamBlock:
+    name: str
+    used_length: int
+    page_size: int
+    entry_offset: int  # stream offset of the block's entry in the setup list
+    pages: array = field(repr=False)  # 'q' per page: offset of data, PAGE_ZERO or PAGE_ABSENT
+    mapped_ram: MappedRamHeader | None = None
+    mr_addr: int | None = None  # only with x-ignore-shared
+
+    @property
+    def page_count(self) -> int:
+        return self.used_length // self.page_size
+
+    def page_location(self, page: int) -> int:
+        return self.pages[page]
+
+    def counts(self) -> dict[str, int]:
+        zero = absent = 0
+        for v in self.pages:
+            if v == PAGE_ZERO:
+                zero += 1
+            elif v == PAGE_ABSENT:
+                absent += 1
+        return {"pages": self.page_count, "data": self.page_count - zero - absent, "zero": zero, "absent": absent}
+
+
+@dataclass
+class RamState:
+    """Everything parsed from the RAM section, across START/PART/END chunks."""
+
+    page_size: int
+    blocks: dict[str, RamBlock] = field(default_factory=dict)
+    mapped_ram: bool = False
+    ignore_shared: bool = False
+    total_bytes: int = 0
+    records: int = 0  # page records seen (repeats included)
+    last_block: RamBlock | None = None  # QEMU keeps "current block" across sections
+    eos_offsets: list[int] = field(default_factory=list)  # stream offset of each chunk's EOS word
+
+
+def parse_ram_setup(cur: Cursor, state: RamState, channel_base: int) -> None:
+    """START body: MEM_SIZE word and the block list (ram_save_setup)."""
+    word = cur.be64("RAM setup word")
+    flags = word & (state.page_size - 1)
+    if flags != C.RAM_SAVE_FLAG_MEM_SIZE:
+        raise cur.fail(f"RAM section starts with flags {flags:#x}, expected MEM_SIZE", cur.pos - 8)
+    total = word & ~(state.page_size - 1)
+    state.total_bytes = total
+    remaining = total
+    while remaining > 0:
+        entry = cur.pos
+        name = cur.counted_string("RAM block name")
+        used = cur.be64(f"used_length of RAM block {name}")
+        if used % state.page_size or used > remaining:
+            raise cur.fail(f"RAM block {name!r} has a bad used_length {used:#x}", entry)
+        npages = used // state.page_size
+        block = RamBlock(name, used, state.page_size, entry, array("q", [PAGE_ABSENT]) * npages)
+        if state.ignore_shared:
+            block.mr_addr = cur.be64("mr_addr")
+        if state.mapped_ram:
+            _parse_mapped_ram_block(cur, block, channel_base)
+        if name in state.blocks:
+            raise cur.fail(f"RAM block {name!r} listed twice", entry)
+        state.blocks[name] = block
+        remaining -= used
+    _parse_ram_records(cur, state)
+
+
+def _parse_mapped_ram_block(cur: Cursor, block: RamBlock, channel_base: int) -> None:
+    header_offset = cur.pos
+    version = cur.be32("mapped-ram header version")
+    if version != C.MAPPED_RAM_HDR_VERSION:
+        raise cur.fail(f"mapped-ram header version {version} is not supported", header_offset)
+    page_size = cur.be64("mapped-ram page size")
+    bitmap_offset = cur.be64("mapped-ram bitmap offset") - channel_base
+    pages_offset = cur.be64("mapped-ram pages offset") - channel_base
+    if page_size != block.page_size:
+        raise cur.fail(f"mapped-ram page size {page_size} differs from the stream's {block.page_size}")
+    npages = block.page_count
+    bitmap_size = (npages + 63) // 64 * 8
+    if bitmap_offset < 0 or bitmap_offset + bitmap_size > cur.size or pages_offset + block.used_length > cur.size:
+        raise cur.fail(f"mapped-ram block {block.name!r} points past the end of the stream", header_offset)
+    block.mapped_ram = MappedRamHeader(header_offset, page_size, bitmap_offset, pages_offset)
+    bitmap = int.from_bytes(cur.buf[bitmap_offset : bitmap_offset + bitmap_size], "little")
+    pages = block.pages
+    ps = block.page_size
+    for i in range(npages):
+        pages[i] = pages_offset + i * ps if (bitmap >> i) & 1 else PAGE_ZERO
+    # The writer seeks past the reserved page area; the next block entry (or EOS) follows there.
+    cur.pos = pages_offset + block.used_length
+
+
+def parse_ram_chunk(cur: Cursor, state: RamState) -> None:
+    """PART/END body: page records up to EOS."""
+    _parse_ram_records(cur, state)
+
+
+def _parse_ram_records(cur: Cursor, state: RamState) -> None:
+    buf = cur.buf
+    size = cur.size
+    ps = state.page_size
+    page_shift = ps.bit_length() - 1
+    flag_mask = ps - 1
+    blocks = state.blocks
+    block = state.last_block
+    pages = block.pages if block else None
+    npages = block.page_count if block else 0
+    pos = cur.pos
+    unpack = _BE64.unpack_from if isinstance(buf, memoryview) else None
+    records = 0
+    try:
+        while True:
+            if pos + 8 > size:
+                cur.pos = pos
+                cur.need(8, "RAM record header")
+            if unpack is not None:
+                (word,) = unpack(buf, pos)
+            else:
+                (word,) = _BE64.unpack(buf[pos : pos + 8])
+            record = pos
+            pos += 8
+            flags = word & flag_mask
+            if flags & C.RAM_SAVE_FLAG_EOS:
+                if flags != C.RAM_SAVE_FLAG_EOS:
+                    raise cur.fail(f"RAM record with EOS and other flags {flags:#x}", record)
+                state.eos_offsets.append(record)
+                break
+            kind = flags & ~C.RAM_SAVE_FLAG_CONTINUE
+            if kind == C.RAM_SAVE_FLAG_MULTIFD_FLUSH:
+                continue
+            if kind not in (C.RAM_SAVE_FLAG_PAGE, C.RAM_SAVE_FLAG_ZERO):
+                _refuse_ram_flags(cur, kind, record)
+            if state.mapped_ram:
+                raise cur.fail("page record in a mapped-ram stream", record)
+            if flags & C.RAM_SAVE_FLAG_CONTINUE:
+                if block is None:
+                    raise cur.fail("RAM record continues a block, but no block was named before", record)
+            else:
+                cur.pos = pos
+                name = cur.counted_string("RAM block name")
+                pos = cur.pos
+                block = blocks.get(name)
+                if block is None:
+                    raise cur.fail(f"RAM record names unknown block {name!r}", record)
+                pages = block.pages
+                npages = block.page_count
+            page = word >> page_shift
+            if page >= npages:
+                raise cur.fail(
+                    f"RAM record offset {page << page_shift:#x} is outside block {block.name!r} "
+                    f"({block.used_length:#x} bytes)",
+                    record,
+                )
+            if kind == C.RAM_SAVE_FLAG_PAGE:
+                if pos + ps > size:
+                    cur.pos = pos
+                    cur.need(ps, "RAM page data")
+                pages[page] = pos
+                pos += ps
+            else:
+                if pos >= size:
+                    cur.pos = pos
+                    cur.need(1, "zero-page fill byte")
+                fill = buf[pos]
+                if fill:
+                    raise UnsupportedError(
+                        f"zero page record with fill byte {fill:#x} (pre-2017 QEMU) is not supported",
+                        cur.path,
+                        pos + cur.origin,
+                    )
+                pos += 1
+                pages[page] = PAGE_ZERO
+            records += 1
+    finally:
+        state.records += records
+        state.last_block = block
+    cur.pos = pos
+
+
+def _refuse_ram_flags(cur: Cursor, kind: int, offset: int) -> None:
+    names = {
+        C.RAM_SAVE_FLAG_XBZRLE: "XBZRLE-encoded page (xbzrle capability)",
+        C.RAM_SAVE_FLAG_COMPRESS_PAGE: "compressed page (compress capability)",
+        C.RAM_SAVE_FLAG_HOOK: "RDMA hook record",
+        C.RAM_SAVE_FLAG_MEM_SIZE: "second RAM block list",
+        C.RAM_SAVE_FLAG_FULL: "obsolete FULL page record",
+    }
+    what = names.get(kind)
+    if what:
+        raise UnsupportedError(f"RAM: {what} is not supported", cur.path, offset + cur.origin)
+    raise cur.fail(f"RAM record with unknown flags {kind:#x}", offset)

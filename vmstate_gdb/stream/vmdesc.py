@@ -1,0 +1,51 @@
+"""The VMDESCRIPTION JSON trailer QEMU appends after EOF (migration/savevm.c, migration/vmstate.c).
+
+QEMU ignores it on load; for us it is the schema of every device section: field names, types and
+per-element sizes, in stream order.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+from . import constants as C
+
+_SEARCH_WINDOW = 64 << 20  # the JSON of a large VM is a few hundred KiB; be generous
+
+
+def locate_trailer(buf, size: int) -> tuple[int, dict] | None:
+    """Find ``0x06 be32 len {json}`` ending exactly at the end of the stream, without parsing RAM.
+
+    Returns (offset of the 0x06 byte, parsed JSON) or None (suppress-vmdesc, xen, truncated).
+    """
+    start = max(0, size - _SEARCH_WINDOW)
+    tail = bytes(buf[start:size])
+    for marker in (b'{"configuration"', b'{"page_size"'):
+        pos = tail.rfind(marker)
+        while pos >= 5:
+            at = start + pos - 5
+            if tail[pos - 5] == C.QEMU_VM_VMDESCRIPTION:
+                (length,) = struct.unpack(">I", tail[pos - 4 : pos])
+                if at + 5 + length == size:
+                    try:
+                        return at, json.loads(tail[pos:].decode("ascii"))
+                    except (UnicodeDecodeError, ValueError):
+                        return None
+            pos = tail.rfind(marker, 0, pos)
+    return None
+
+
+def vmsd_wire_size(vmsd: dict) -> int:
+    """Bytes a vmsd object (fields, then sent subsections) takes on the wire, from the JSON sizes."""
+    total = 0
+    for f in vmsd.get("fields", ()):
+        total += int(f.get("size", 0)) * int(f.get("array_len", 1))
+    for sub in vmsd.get("subsections", ()):
+        name = sub.get("vmsd_name", "")
+        total += 1 + 1 + len(name) + 4 + vmsd_wire_size(sub)
+    return total
+
+
+def device_entries(desc: dict | None) -> list[dict]:
+    return list(desc.get("devices", ())) if desc else []
