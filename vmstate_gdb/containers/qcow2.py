@@ -149,8 +149,9 @@ class Qcow2Image:
                 )
         if crypt:
             raise UnsupportedError(
-                f"qcow2 image is encrypted ({_CRYPT.get(crypt, f'method {crypt}')}); its vmstate is encrypted "
-                "too and cannot be read; decrypt with qemu-img convert first (internal snapshots are lost then)",
+                f"qcow2 image is encrypted ({_CRYPT.get(crypt, f'method {crypt}')}); its vmstate is "
+                "encrypted too and cannot be read (qemu-img convert can decrypt the disk, but drops "
+                "internal snapshots)",
                 path,
                 32,
             )
