@@ -1,0 +1,132 @@
+"""The catalogue of named snapshot scenarios, and building one (boot, wait, capture).
+
+A scenario is data: a :class:`GuestConfig`, a capture method and how many TICKs to wait for before
+stopping. :func:`build_snapshot` makes its snapshot in a directory, or reuses one already there
+whose ``.meta.json`` matches (so a cache directory can be shared across runs).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmstate_gdb.harness.config import GuestConfig, Nic, find_qemu
+from vmstate_gdb.harness.guests import guest_image
+from vmstate_gdb.harness.machine import QemuVM
+from vmstate_gdb.harness.snapshot import Snapshot, capture
+
+MAC_E1000 = "52:54:00:12:34:56"
+MAC_RTL8139 = "52:54:00:ab:cd:02"
+MAC_VIRTIO = "52:54:00:ab:cd:03"
+THREE_NICS = (Nic("e1000", MAC_E1000), Nic("rtl8139", MAC_RTL8139), Nic("virtio-net-pci", MAC_VIRTIO))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    config: GuestConfig
+    method: str = "exec"
+    #: distinct TICK numbers to see before stopping (>= 2 so "continues" is meaningful)
+    ticks_before: int = 2
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        marks = ["qemu"]
+        if self.config.qemu == "10":
+            marks.append("qemu10")
+        if self.config.kind == "linux":
+            marks.append("linux")
+        return tuple(marks)
+
+
+def _catalogue(*scenarios: Scenario) -> dict[str, Scenario]:
+    return {s.name: s for s in scenarios}
+
+
+SCENARIOS: dict[str, Scenario] = _catalogue(
+    Scenario("small-pc-e1000", GuestConfig("small", "pc", 1, 128, (Nic("e1000", MAC_E1000),))),
+    Scenario("small-q35-virtio-2cpu", GuestConfig("small", "q35", 2, 128, (Nic("virtio-net-pci", MAC_VIRTIO),))),
+    Scenario("small-pc-rtl8139-2cpu", GuestConfig("small", "pc", 2, 128, (Nic("rtl8139", MAC_RTL8139),))),
+    # 3700 MiB on pc: 3 GiB below the PCI hole (pc splits at 0xc0000000 when RAM > 3.5 GiB)
+    # and the rest above 4 GiB.
+    Scenario("small-pc-bigmem", GuestConfig("small", "pc", 1, 3700, (Nic("e1000", MAC_E1000),))),
+    Scenario(
+        "small-q35-e1000-savevm",
+        GuestConfig("small", "q35", 1, 128, (Nic("e1000", MAC_E1000),), disk_mib=64), "savevm",
+    ),
+    Scenario(
+        "small-pc-e1000-qemu10-file",
+        GuestConfig("small", "pc", 1, 128, (Nic("e1000", MAC_E1000),), qemu="10"), "file",
+    ),
+    Scenario(
+        "small-pc-e1000-qemu10-mapped",
+        GuestConfig("small", "pc", 1, 128, (Nic("e1000", MAC_E1000),), qemu="10"), "mapped-ram",
+    ),
+    Scenario(
+        "small-q35-virtio-qemu10-savevm",
+        GuestConfig("small", "q35", 1, 128, (Nic("virtio-net-pci", MAC_VIRTIO),), qemu="10", disk_mib=64),
+        "savevm",
+    ),
+    Scenario("linux-pc-3nic", GuestConfig("linux", "pc", 1, 256, THREE_NICS)),
+    Scenario("linux-q35-3nic-qemu10", GuestConfig("linux", "q35", 1, 256, THREE_NICS, qemu="10")),
+    # The harness's own guest: needs only binutils, so the harness is tested even before the
+    # real guests exist. Its TICK lines carry zero MACs.
+    Scenario("dummy-pc-exec", GuestConfig("dummy", "pc", 1, 64, (Nic("e1000", MAC_E1000),))),
+    Scenario("dummy-q35-2cpu-exec", GuestConfig("dummy", "q35", 2, 64, (Nic("virtio-net-pci", MAC_VIRTIO),))),
+    Scenario(
+        "dummy-pc-savevm", GuestConfig("dummy", "pc", 1, 64, (Nic("rtl8139", MAC_RTL8139),), disk_mib=16),
+        "savevm",
+    ),
+    Scenario("dummy-pc-qemu10-file", GuestConfig("dummy", "pc", 1, 64, qemu="10"), "file"),
+    Scenario("dummy-pc-qemu10-mapped", GuestConfig("dummy", "pc", 1, 64, qemu="10"), "mapped-ram"),
+)
+
+
+def check_available(scenario: Scenario, work_dir: Path) -> None:
+    """Raise QemuUnavailable / GuestUnavailable (both QemuError) if the scenario cannot run here;
+    builds the guest if its files are missing."""
+    find_qemu(scenario.config.qemu)
+    guest_image(scenario.config.kind, work_dir)
+
+
+def snapshot_file(scenario: Scenario, directory: Path) -> Path:
+    if scenario.method == "savevm":
+        return directory / f"{scenario.name}.qcow2"
+    return directory / f"{scenario.name}.vmstate"
+
+
+def build_snapshot(scenario: Scenario, directory: str | Path, reuse: bool = True) -> Snapshot:
+    """Boot the scenario's VM, wait for READY and ``ticks_before`` TICKs, capture, kill.
+
+    With ``reuse``, a snapshot already in ``directory`` made from the same config and method is
+    returned as is (its ``.meta.json`` is the proof)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = snapshot_file(scenario, directory)
+    meta = Path(str(path) + ".meta.json")
+    if reuse and path.exists() and meta.exists():
+        try:
+            old = Snapshot.load(path)
+            if old.config == scenario.config and old.method == scenario.method:
+                return old
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+            pass
+    for stale in (path, meta):
+        stale.unlink(missing_ok=True)
+    guest = guest_image(scenario.config.kind, directory)
+    t0 = time.monotonic()
+    disk = path if scenario.method == "savevm" else None
+    with QemuVM(scenario.config, directory, name=scenario.name, disk=disk, guest=guest) as vm:
+        vm.wait_ready()
+        t_ready = time.monotonic()
+        vm.wait_for_ticks(scenario.ticks_before, timeout=30.0)
+        t_ticks = time.monotonic()
+        snapshot = capture(vm, path, scenario.method, name=scenario.name)
+    snapshot.timings.update(
+        boot_to_ready_s=t_ready - t0, ready_to_ticks_s=t_ticks - t_ready,
+        total_s=time.monotonic() - t0,
+    )
+    snapshot.save()
+    return snapshot
