@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Boot the Linux test guest once under TCG and check it.
 
-Usage: python3 tests/linux/check.py [-M pc|q35] [-smp N] [--cpu MODEL] [--ticks N]
+Usage: python3 tests/linux/check.py [-M pc|q35] [-smp N] [--cpu MODEL]
+                                    [--kernel vmlinuz|vmlinux] [--ticks N]
 
 Measures the time to "LINUX READY" and to the first TICK, checks that every
 NIC ticks with its MAC, and reads linux_banner through the QEMU monitor
@@ -23,12 +24,12 @@ NICS = [("e1000", "52:54:00:00:00:01"),
         ("virtio-net-pci", "52:54:00:00:00:03")]
 
 
-def qemu_argv(machine, smp, cpu, serial, monitor):
+def qemu_argv(machine, smp, cpu, serial, monitor, kernel="vmlinuz"):
     with open(os.path.join(BUILD, "kernel.cmdline")) as f:
         cmdline = f.read().strip()
     argv = ["qemu-system-x86_64", "-accel", "tcg", "-M", machine, "-m", "256",
             "-smp", str(smp), "-nographic", "-no-reboot",
-            "-kernel", os.path.join(BUILD, "vmlinuz"),
+            "-kernel", os.path.join(BUILD, kernel),
             "-initrd", os.path.join(BUILD, "initrd.img"),
             "-append", cmdline, "-serial", "file:" + serial,
             "-monitor", "unix:%s,server,nowait" % monitor, "-display", "none"]
@@ -63,6 +64,7 @@ def main():
     ap.add_argument("-M", default="pc")
     ap.add_argument("-smp", type=int, default=1)
     ap.add_argument("--cpu", default=None)
+    ap.add_argument("--kernel", default="vmlinuz", help="vmlinuz or vmlinux (PVH)")
     ap.add_argument("--ticks", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=120)
     a = ap.parse_args()
@@ -78,7 +80,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="vmstate-linux-")
     serial = os.path.join(tmp, "serial.log")
     monitor = os.path.join(tmp, "mon.sock")
-    proc = subprocess.Popen(qemu_argv(a.M, a.smp, a.cpu, serial, monitor),
+    proc = subprocess.Popen(qemu_argv(a.M, a.smp, a.cpu, serial, monitor, a.kernel),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     t0 = time.monotonic()
     ready = first_tick = None
@@ -106,8 +108,8 @@ def main():
     text = open(serial, errors="replace").read().replace("\r", "")
     print("\n".join(l for l in text.splitlines()
                     if re.search(r"(^|\x1b\S*)(NIC |init:|LINUX READY)", l)))
-    print("machine=%s smp=%d cpu=%s: LINUX READY after %s s, TICK 1 after %s s"
-          % (a.M, a.smp, a.cpu or "default",
+    print("kernel=%s machine=%s smp=%d cpu=%s: LINUX READY after %s s, TICK 1 after %s s"
+          % (a.kernel, a.M, a.smp, a.cpu or "default",
              ready and "%.2f" % ready, first_tick and "%.2f" % first_tick))
     if not ok:
         print(text[-3000:])
