@@ -139,16 +139,23 @@ def render_argv(
     ``serial`` is a QEMU chardev spec (``file:PATH`` or ``stdio``); ``qmp_socket`` None means no QMP."""
     argv = [
         config.binaries.system,
-        "-accel", "tcg",
-        "-machine", config.machine,
-        "-smp", str(config.cpus),
-        "-m", str(config.memory_mib),
+        "-accel",
+        "tcg",
+        "-machine",
+        config.machine,
+        "-smp",
+        str(config.cpus),
+        "-m",
+        str(config.memory_mib),
         "-nodefaults",
         "-nographic",
-        "-display", "none",
+        "-display",
+        "none",
         "-no-reboot",
-        "-monitor", "none",
-        "-serial", serial,
+        "-monitor",
+        "none",
+        "-serial",
+        serial,
     ]
     if qmp_socket is not None:
         argv += ["-qmp", f"unix:{qmp_socket},server=on,wait=off"]

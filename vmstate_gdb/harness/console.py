@@ -41,8 +41,12 @@ def parse_tick(line: str) -> Tick | None:
     m = _SMALL.match(line)
     if m:
         return Tick(
-            int(m["n"]), line, sw_mac=m["sw"].lower(), hw_mac=m["hw"].lower(),
-            r12=int(m["r12"], 16), note=m["note"],
+            int(m["n"]),
+            line,
+            sw_mac=m["sw"].lower(),
+            hw_mac=m["hw"].lower(),
+            r12=int(m["r12"], 16),
+            note=m["note"],
         )
     m = _LINUX.match(line)
     if m:
@@ -61,3 +65,15 @@ def parse_ticks(text: str) -> list[Tick]:
             if tick is not None:
                 ticks.append(tick)
     return ticks
+
+
+def tick_continues(before: Tick, after: Tick) -> bool:
+    """True if ``after`` is a later console line than ``before`` of the same counter: a higher
+    number, or (Linux, one line per NIC) the same number for an interface printed later
+    (the guest prints them in /sys/class/net order)."""
+    if after.n > before.n:
+        return True
+    return (
+        after.n == before.n and after.iface is not None and before.iface is not None
+        and after.iface > before.iface
+    )

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -47,8 +48,13 @@ def _tail(text: str, lines: int = 30) -> str:
 def _run_build(argv: list[str], cwd: Path, timeout: float, what: str) -> None:
     try:
         proc = subprocess.run(
-            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
+            argv,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as exc:
         raise GuestUnavailable(f"{what}: `{' '.join(argv)}` took longer than {timeout:.0f} s") from exc
@@ -58,13 +64,38 @@ def _run_build(argv: list[str], cwd: Path, timeout: float, what: str) -> None:
         )
 
 
+def build_guest(kind: str, root: Path | None = None) -> None:
+    """Run the guest's own build (``make -C tests/guest`` / ``tests/linux/build.sh``); both are
+    incremental, so this is cheap when the outputs are up to date. The dummy needs no build here."""
+    root = root or repo_root()
+    if kind == "small":
+        if not (root / "tests/guest/Makefile").exists():
+            raise GuestUnavailable(f"tests/guest/Makefile is missing under {root}")
+        _run_build(["make", "-C", str(root / "tests/guest")], root, 600, "building the small guest")
+    elif kind == "linux":
+        script = root / "tests/linux/build.sh"
+        if not script.exists():
+            raise GuestUnavailable(f"{script} is missing")
+        _run_build(["bash", str(script)], root, 1800, "building the linux guest")
+
+
+def fingerprint(image: GuestImage) -> str:
+    """A digest of the guest's boot files and arguments: a cached snapshot of another build of
+    the guest must not be reused."""
+    digest = hashlib.sha256()
+    for arg in image.boot_args:
+        digest.update(arg.encode() + b"\0")
+        path = Path(arg)
+        if path.is_absolute() and path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def small_guest(root: Path | None = None, build: bool = True) -> GuestImage:
     root = root or repo_root()
     elf = root / "tests/guest/build/guest.elf"
     if not elf.exists() and build:
-        if not (root / "tests/guest/Makefile").exists():
-            raise GuestUnavailable(f"small guest not built and tests/guest/Makefile is missing under {root}")
-        _run_build(["make", "-C", str(root / "tests/guest")], root, 600, "building the small guest")
+        build_guest("small", root)
     if not elf.exists():
         raise GuestUnavailable(f"small guest {elf} does not exist (run `make -C tests/guest`)")
     return GuestImage("small", ("-kernel", str(elf)), r"GUEST READY", 30.0)
@@ -75,10 +106,7 @@ def linux_guest(root: Path | None = None, build: bool = True) -> GuestImage:
     out = root / "tests/linux/build"
     files = [out / "vmlinuz", out / "initrd.img", out / "kernel.cmdline"]
     if not all(f.exists() for f in files) and build:
-        script = root / "tests/linux/build.sh"
-        if not script.exists():
-            raise GuestUnavailable(f"linux guest not built and {script} is missing")
-        _run_build(["bash", str(script)], root, 1200, "building the linux guest")
+        build_guest("linux", root)
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise GuestUnavailable(f"linux guest files missing: {', '.join(missing)} (run tests/linux/build.sh)")

@@ -105,9 +105,13 @@ class QemuVM:
     @property
     def argv(self) -> list[str]:
         return render_argv(
-            self.config, list(self.guest.boot_args), serial=f"file:{self.serial_path}",
-            qmp_socket=str(self.qmp_path), disk=str(self.disk) if self.disk else None,
-            incoming=self.incoming, paused=self.paused,
+            self.config,
+            list(self.guest.boot_args),
+            serial=f"file:{self.serial_path}",
+            qmp_socket=str(self.qmp_path),
+            disk=str(self.disk) if self.disk else None,
+            incoming=self.incoming,
+            paused=self.paused,
         )
 
     @property
@@ -139,7 +143,9 @@ class QemuVM:
         img = self.config.binaries.img
         proc = subprocess.run(
             [img, "create", "-q", "-f", "qcow2", str(self.disk), f"{self.config.disk_mib}M"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if proc.returncode != 0:
             raise QemuError(f"{img} create {self.disk} failed: {proc.stderr.strip()}")
@@ -216,8 +222,11 @@ class QemuVM:
     def diagnostics(self) -> str:
         """Tails of the serial log and of QEMU's stderr, for error messages."""
         code = self.process.poll() if self.process else None
-        status = "not started" if self.process is None else (
-            "running" if code is None else f"exited with code {code}")
+        status = (
+            "not started"
+            if self.process is None
+            else ("running" if code is None else f"exited with code {code}")
+        )
         return (
             f"QEMU {self.name} (pid {self.pid}, {status})\n"
             f"--- serial {self.serial_path} (tail) ---\n{_tail_file(self.serial_path)}\n"

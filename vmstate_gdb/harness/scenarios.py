@@ -8,12 +8,14 @@ whose ``.meta.json`` matches (so a cache directory can be shared across runs).
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmstate_gdb.harness.config import GuestConfig, Nic, find_qemu
-from vmstate_gdb.harness.guests import guest_image
+from vmstate_gdb.harness.guests import fingerprint, guest_image
 from vmstate_gdb.harness.machine import QemuVM
 from vmstate_gdb.harness.snapshot import Snapshot, capture
 
@@ -47,22 +49,27 @@ def _catalogue(*scenarios: Scenario) -> dict[str, Scenario]:
 
 SCENARIOS: dict[str, Scenario] = _catalogue(
     Scenario("small-pc-e1000", GuestConfig("small", "pc", 1, 128, (Nic("e1000", MAC_E1000),))),
-    Scenario("small-q35-virtio-2cpu", GuestConfig("small", "q35", 2, 128, (Nic("virtio-net-pci", MAC_VIRTIO),))),
+    Scenario(
+        "small-q35-virtio-2cpu", GuestConfig("small", "q35", 2, 128, (Nic("virtio-net-pci", MAC_VIRTIO),))
+    ),
     Scenario("small-pc-rtl8139-2cpu", GuestConfig("small", "pc", 2, 128, (Nic("rtl8139", MAC_RTL8139),))),
     # 3700 MiB on pc: 3 GiB below the PCI hole (pc splits at 0xc0000000 when RAM > 3.5 GiB)
     # and the rest above 4 GiB.
     Scenario("small-pc-bigmem", GuestConfig("small", "pc", 1, 3700, (Nic("e1000", MAC_E1000),))),
     Scenario(
         "small-q35-e1000-savevm",
-        GuestConfig("small", "q35", 1, 128, (Nic("e1000", MAC_E1000),), disk_mib=64), "savevm",
+        GuestConfig("small", "q35", 1, 128, (Nic("e1000", MAC_E1000),), disk_mib=64),
+        "savevm",
     ),
     Scenario(
         "small-pc-e1000-qemu10-file",
-        GuestConfig("small", "pc", 1, 128, (Nic("e1000", MAC_E1000),), qemu="10"), "file",
+        GuestConfig("small", "pc", 1, 128, (Nic("e1000", MAC_E1000),), qemu="10"),
+        "file",
     ),
     Scenario(
         "small-pc-e1000-qemu10-mapped",
-        GuestConfig("small", "pc", 1, 128, (Nic("e1000", MAC_E1000),), qemu="10"), "mapped-ram",
+        GuestConfig("small", "pc", 1, 128, (Nic("e1000", MAC_E1000),), qemu="10"),
+        "mapped-ram",
     ),
     Scenario(
         "small-q35-virtio-qemu10-savevm",
@@ -76,7 +83,8 @@ SCENARIOS: dict[str, Scenario] = _catalogue(
     Scenario("dummy-pc-exec", GuestConfig("dummy", "pc", 1, 64, (Nic("e1000", MAC_E1000),))),
     Scenario("dummy-q35-2cpu-exec", GuestConfig("dummy", "q35", 2, 64, (Nic("virtio-net-pci", MAC_VIRTIO),))),
     Scenario(
-        "dummy-pc-savevm", GuestConfig("dummy", "pc", 1, 64, (Nic("rtl8139", MAC_RTL8139),), disk_mib=16),
+        "dummy-pc-savevm",
+        GuestConfig("dummy", "pc", 1, 64, (Nic("rtl8139", MAC_RTL8139),), disk_mib=16),
         "savevm",
     ),
     Scenario("dummy-pc-qemu10-file", GuestConfig("dummy", "pc", 1, 64, qemu="10"), "file"),
@@ -89,6 +97,15 @@ def check_available(scenario: Scenario, work_dir: Path) -> None:
     builds the guest if its files are missing."""
     find_qemu(scenario.config.qemu)
     guest_image(scenario.config.kind, work_dir)
+
+
+def qemu_version(config: GuestConfig) -> str:
+    """``qemu-system-x86_64 --version``'s number, without starting a VM."""
+    out = subprocess.run(
+        [config.binaries.system, "--version"], capture_output=True, text=True, timeout=30
+    ).stdout
+    m = re.search(r"version (\d+\.\d+\.\d+)", out)
+    return m.group(1) if m else out.strip()
 
 
 def snapshot_file(scenario: Scenario, directory: Path) -> Path:
@@ -106,16 +123,18 @@ def build_snapshot(scenario: Scenario, directory: str | Path, reuse: bool = True
     directory.mkdir(parents=True, exist_ok=True)
     path = snapshot_file(scenario, directory)
     meta = Path(str(path) + ".meta.json")
+    guest = guest_image(scenario.config.kind, directory)
     if reuse and path.exists() and meta.exists():
         try:
             old = Snapshot.load(path)
-            if old.config == scenario.config and old.method == scenario.method:
+            if (old.config, old.method, old.guest_fingerprint) == (
+                scenario.config, scenario.method, fingerprint(guest)
+            ) and old.qemu_version == qemu_version(scenario.config):
                 return old
         except (KeyError, TypeError, ValueError, json.JSONDecodeError):
             pass
     for stale in (path, meta):
         stale.unlink(missing_ok=True)
-    guest = guest_image(scenario.config.kind, directory)
     t0 = time.monotonic()
     disk = path if scenario.method == "savevm" else None
     with QemuVM(scenario.config, directory, name=scenario.name, disk=disk, guest=guest) as vm:
@@ -125,7 +144,8 @@ def build_snapshot(scenario: Scenario, directory: str | Path, reuse: bool = True
         t_ticks = time.monotonic()
         snapshot = capture(vm, path, scenario.method, name=scenario.name)
     snapshot.timings.update(
-        boot_to_ready_s=t_ready - t0, ready_to_ticks_s=t_ticks - t_ready,
+        boot_to_ready_s=t_ready - t0,
+        ready_to_ticks_s=t_ticks - t_ready,
         total_s=time.monotonic() - t0,
     )
     snapshot.save()

@@ -24,7 +24,7 @@ from typing import Any
 from vmstate_gdb.errors import QemuError
 from vmstate_gdb.harness.config import GuestConfig, render_argv
 from vmstate_gdb.harness.console import Tick
-from vmstate_gdb.harness.guests import guest_image
+from vmstate_gdb.harness.guests import fingerprint, guest_image
 from vmstate_gdb.harness.machine import QemuVM
 from vmstate_gdb.harness.state import RecordedState
 
@@ -52,6 +52,8 @@ class Snapshot:
     tag: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     name: str | None = None
+    #: digest of the guest's boot files (see guests.fingerprint), to detect stale cached snapshots
+    guest_fingerprint: str | None = None
 
     @property
     def meta_path(self) -> Path:
@@ -59,11 +61,20 @@ class Snapshot:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "path": self.path, "format": self.format, "method": self.method, "tag": self.tag,
-            "name": self.name, "config": self.config.to_json(), "qemu_version": self.qemu_version,
-            "source_argv": self.source_argv, "resume_argv": self.resume_argv,
-            "resume_qmp": self.resume_qmp, "state": self.state.to_json(),
-            "last_tick": self.last_tick.to_json() if self.last_tick else None, "timings": self.timings,
+            "path": self.path,
+            "format": self.format,
+            "method": self.method,
+            "tag": self.tag,
+            "name": self.name,
+            "config": self.config.to_json(),
+            "qemu_version": self.qemu_version,
+            "source_argv": self.source_argv,
+            "resume_argv": self.resume_argv,
+            "resume_qmp": self.resume_qmp,
+            "state": self.state.to_json(),
+            "last_tick": self.last_tick.to_json() if self.last_tick else None,
+            "timings": self.timings,
+            "guest_fingerprint": self.guest_fingerprint,
         }
 
     @classmethod
@@ -185,8 +196,12 @@ def capture(
         else:
             if method == "mapped-ram":
                 set_mapped_ram(vm)
-                resume_qmp.append({"execute": "migrate-set-capabilities", "arguments": {
-                    "capabilities": [{"capability": "mapped-ram", "state": True}]}})
+                resume_qmp.append(
+                    {
+                        "execute": "migrate-set-capabilities",
+                        "arguments": {"capabilities": [{"capability": "mapped-ram", "state": True}]},
+                    }
+                )
                 resume_qmp.append({"execute": "migrate-incoming", "arguments": {"uri": f"file:{path}"}})
                 resume = dict(incoming="defer")
             else:
@@ -197,16 +212,29 @@ def capture(
     timings["capture_s"] = time.monotonic() - t0
     timings["stop_to_done_s"] = time.monotonic() - started
     resume_argv = render_argv(
-        vm.config, list(vm.guest.boot_args), serial="stdio",
+        vm.config,
+        list(vm.guest.boot_args),
+        serial="stdio",
         # mapped-ram needs QMP to set the capability before migrate-incoming
         qmp_socket=(path + ".qmp.sock") if resume_qmp else None,
-        disk=str(vm.disk) if vm.disk else None, **resume,
+        disk=str(vm.disk) if vm.disk else None,
+        **resume,
     )
     snapshot = Snapshot(
-        path=path, format=fmt, method=method, tag=tag if method == "savevm" else None,
-        config=vm.config, qemu_version=vm.version_string(), source_argv=vm.argv,
-        resume_argv=resume_argv, resume_qmp=resume_qmp, state=state, last_tick=last_tick,
-        timings=timings, name=name,
+        path=path,
+        format=fmt,
+        method=method,
+        tag=tag if method == "savevm" else None,
+        config=vm.config,
+        qemu_version=vm.version_string(),
+        source_argv=vm.argv,
+        resume_argv=resume_argv,
+        resume_qmp=resume_qmp,
+        state=state,
+        last_tick=last_tick,
+        timings=timings,
+        name=name,
+        guest_fingerprint=fingerprint(vm.guest),
     )
     snapshot.save()
     if keep_running:
@@ -225,7 +253,9 @@ def restore(snapshot: Snapshot, work_dir: str | Path, *, name: str = "restore", 
     if snapshot.method == "savevm":
         vm = QemuVM(config, work_dir, name=name, disk=snapshot.path, paused=True, guest=guest)
     elif snapshot.method == "exec":
-        vm = QemuVM(config, work_dir, name=name, incoming=f"exec:cat {shlex.quote(snapshot.path)}", guest=guest)
+        vm = QemuVM(
+            config, work_dir, name=name, incoming=f"exec:cat {shlex.quote(snapshot.path)}", guest=guest
+        )
     else:
         vm = QemuVM(config, work_dir, name=name, incoming="defer", guest=guest)
     vm.start()

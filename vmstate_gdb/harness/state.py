@@ -16,13 +16,46 @@ _SEGMENT_LINE = re.compile(
     r"(?P<limit>[0-9a-f]+) (?P<flags>[0-9a-f]+)"
 )
 _TABLE_LINE = re.compile(r"^(?P<name>GDT|IDT)=\s+(?P<base>[0-9a-f]+) (?P<limit>[0-9a-f]+)")
-_PAIR = re.compile(r"\b([A-Z][A-Z0-9]*)=([0-9a-f]+)\b")
+_PAIR = re.compile(r"\b([A-Z][A-Z0-9]*)\s*=([0-9a-f]+)\b")
 # Only these plain NAME=hex pairs are kept (FPU/XMM/DR lines are left in the raw text).
 _SCALARS = {
-    "RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP",
-    "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15", "RIP", "RFL",
-    "EAX", "EBX", "ECX", "EDX", "ESI", "EDI", "EBP", "ESP", "EIP", "EFL",
-    "CPL", "HLT", "SMM", "A20", "CR0", "CR2", "CR3", "CR4", "EFER",
+    "RAX",
+    "RBX",
+    "RCX",
+    "RDX",
+    "RSI",
+    "RDI",
+    "RBP",
+    "RSP",
+    "R8",
+    "R9",
+    "R10",
+    "R11",
+    "R12",
+    "R13",
+    "R14",
+    "R15",
+    "RIP",
+    "RFL",
+    "EAX",
+    "EBX",
+    "ECX",
+    "EDX",
+    "ESI",
+    "EDI",
+    "EBP",
+    "ESP",
+    "EIP",
+    "EFL",
+    "CPL",
+    "HLT",
+    "SMM",
+    "A20",
+    "CR0",
+    "CR2",
+    "CR3",
+    "CR4",
+    "EFER",
 }
 
 
@@ -69,7 +102,9 @@ def split_cpus(text: str) -> list[str]:
 
 _PCI_DEVICE = re.compile(r"Bus\s+(\d+), device\s+(\d+), function (\d+):")
 _PCI_ID = re.compile(r"PCI device ([0-9a-f]{4}):([0-9a-f]{4})")
-_PCI_BAR = re.compile(r"BAR(\d+): (?:(32|64) bit (?:prefetchable )?memory|I/O) at (0x[0-9a-f]+) \[(0x[0-9a-f]+)\]")
+_PCI_BAR = re.compile(
+    r"BAR(\d+): (?:(32|64) bit (?:prefetchable )?memory|I/O) at (0x[0-9a-f]+) \[(0x[0-9a-f]+)\]"
+)
 
 
 def parse_info_pci(text: str) -> list[dict[str, Any]]:

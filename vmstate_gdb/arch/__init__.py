@@ -1,0 +1,1 @@
+"""Guest architectures: register layouts and page tables."""

@@ -1,0 +1,177 @@
+"""Virtual-to-physical translation through an x86 vCPU's own page tables.
+
+32-bit (with 4 MiB PSE pages), PAE, 4-level and 5-level paging; 4 KiB, 2 MiB, 4 MiB and 1 GiB
+pages. The walk is returned level by level so `vmstate translate` can show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...errors import AddressError
+from .cpu import CR0_PG, CR4_PSE, X86Cpu
+
+ReadPhysical = Callable[[int, int], bytes]
+ADDR_MASK = 0x000FFFFFFFFFF000  # bits 12..51
+PRESENT, WRITABLE, USER, PAGE_SIZE_BIT, NX = 1, 2, 4, 0x80, 1 << 63
+
+
+@dataclass
+class WalkStep:
+    level: str  # "PML5", "PML4", "PDPT", "PD", "PT"
+    entry_address: int  # physical address of the entry
+    entry: int
+    index: int
+
+
+@dataclass
+class Translation:
+    virtual: int
+    physical: int
+    page_size: int
+    steps: list[WalkStep]
+    writable: bool = True
+    user: bool = False
+
+    @property
+    def page_base(self) -> int:
+        return self.physical & ~(self.page_size - 1)
+
+
+class PageWalker:
+    """Translate for one vCPU; the page-table pages are read through ``read_physical``."""
+
+    def __init__(self, cpu: X86Cpu, read_physical: ReadPhysical):
+        self.cpu = cpu
+        self.read = read_physical
+        self.mode = cpu.paging_mode
+        self.cr3 = cpu["cr3"]
+
+    def _entry(self, address: int, width: int) -> int:
+        try:
+            return int.from_bytes(self.read(address, width), "little")
+        except AddressError as e:
+            raise AddressError(f"page-table entry at physical {address:#x} is not in guest RAM", e.address) from e
+
+    def translate(self, vaddr: int) -> Translation:
+        mode = self.mode
+        if mode == "none":
+            return Translation(vaddr, vaddr & 0xFFFFFFFF if not self.cpu["cr0"] & CR0_PG else vaddr, 1 << 12, [])
+        if mode == "32-bit":
+            return self._walk32(vaddr & 0xFFFFFFFF)
+        if mode == "pae":
+            return self._walk_pae(vaddr & 0xFFFFFFFF)
+        return self._walk_long(vaddr, 5 if mode == "5-level" else 4)
+
+    def _fail(self, vaddr: int, level: str, steps: list[WalkStep], why: str = "not present") -> AddressError:
+        e = AddressError(f"virtual address {vaddr:#x} is not mapped: {level} entry {why} "
+                         f"(cr3={self.cr3:#x}, {self.mode} paging)", vaddr)
+        e.steps = steps  # type: ignore[attr-defined]
+        return e
+
+    def _walk_long(self, vaddr: int, levels: int) -> Translation:
+        bits = 57 if levels == 5 else 48
+        top = vaddr >> (bits - 1)
+        if top not in (0, (1 << (64 - bits + 1)) - 1):
+            raise AddressError(f"virtual address {vaddr:#x} is not canonical for {levels}-level paging", vaddr)
+        names = ["PML5", "PML4", "PDPT", "PD", "PT"][5 - levels:]
+        table = self.cr3 & ADDR_MASK
+        steps: list[WalkStep] = []
+        writable = user = True
+        for depth, name in enumerate(names):
+            shift = 12 + 9 * (levels - 1 - depth)
+            index = (vaddr >> shift) & 0x1FF
+            address = table + 8 * index
+            entry = self._entry(address, 8)
+            steps.append(WalkStep(name, address, entry, index))
+            if not entry & PRESENT:
+                raise self._fail(vaddr, name, steps)
+            writable &= bool(entry & WRITABLE)
+            user &= bool(entry & USER)
+            if name in ("PDPT", "PD") and entry & PAGE_SIZE_BIT:
+                size = 1 << shift
+                base = entry & ADDR_MASK & ~(size - 1)
+                return Translation(vaddr, base | (vaddr & (size - 1)), size, steps, writable, user)
+            table = entry & ADDR_MASK
+        return Translation(vaddr, table | (vaddr & 0xFFF), 1 << 12, steps, writable, user)
+
+    def _walk_pae(self, vaddr: int) -> Translation:
+        steps: list[WalkStep] = []
+        index = vaddr >> 30
+        address = (self.cr3 & 0xFFFFFFE0) + 8 * index
+        entry = self._entry(address, 8)
+        steps.append(WalkStep("PDPT", address, entry, index))
+        if not entry & PRESENT:
+            raise self._fail(vaddr, "PDPT", steps)
+        table = entry & ADDR_MASK
+        for name, shift in (("PD", 21), ("PT", 12)):
+            index = (vaddr >> shift) & 0x1FF
+            address = table + 8 * index
+            entry = self._entry(address, 8)
+            steps.append(WalkStep(name, address, entry, index))
+            if not entry & PRESENT:
+                raise self._fail(vaddr, name, steps)
+            if name == "PD" and entry & PAGE_SIZE_BIT:
+                base = entry & ADDR_MASK & ~((1 << 21) - 1)
+                return Translation(vaddr, base | (vaddr & 0x1FFFFF), 1 << 21, steps)
+            table = entry & ADDR_MASK
+        return Translation(vaddr, table | (vaddr & 0xFFF), 1 << 12, steps)
+
+    def _walk32(self, vaddr: int) -> Translation:
+        steps: list[WalkStep] = []
+        index = vaddr >> 22
+        address = (self.cr3 & 0xFFFFF000) + 4 * index
+        entry = self._entry(address, 4)
+        steps.append(WalkStep("PD", address, entry, index))
+        if not entry & PRESENT:
+            raise self._fail(vaddr, "PD", steps)
+        if entry & PAGE_SIZE_BIT and self.cpu["cr4"] & CR4_PSE:
+            # PSE-36: bits 13..20 of the entry are physical address bits 32..39
+            base = (entry & 0xFFC00000) | ((entry >> 13) & 0xFF) << 32
+            return Translation(vaddr, base | (vaddr & 0x3FFFFF), 1 << 22, steps)
+        table = entry & 0xFFFFF000
+        index = (vaddr >> 12) & 0x3FF
+        address = table + 4 * index
+        entry = self._entry(address, 4)
+        steps.append(WalkStep("PT", address, entry, index))
+        if not entry & PRESENT:
+            raise self._fail(vaddr, "PT", steps)
+        return Translation(vaddr, (entry & 0xFFFFF000) | (vaddr & 0xFFF), 1 << 12, steps)
+
+    def mappings(self, limit: int = 1 << 20):
+        """Yield (virtual, physical, size, writable, user) for every present leaf, in address order
+        (for `monitor info mem` and ELF cores with virtual segments)."""
+        if self.mode not in ("4-level", "5-level"):
+            return
+        levels = 5 if self.mode == "5-level" else 4
+        count = 0
+
+        def walk(table: int, depth: int, vbase: int, w: bool, u: bool):
+            nonlocal count
+            shift = 12 + 9 * (levels - 1 - depth)
+            try:
+                raw = self.read(table, 4096)
+            except AddressError:
+                return
+            for i in range(512):
+                entry = int.from_bytes(raw[8 * i:8 * i + 8], "little")
+                if not entry & PRESENT:
+                    continue
+                va = vbase | (i << shift)
+                if depth == 0 and levels == 4 and va >> 47:
+                    va |= 0xFFFF000000000000
+                if depth == 0 and levels == 5 and va >> 56:
+                    va |= 0xFE00000000000000
+                ww, uu = w and bool(entry & WRITABLE), u and bool(entry & USER)
+                leaf = shift == 12 or (shift in (21, 30) and entry & PAGE_SIZE_BIT)
+                if leaf:
+                    size = 1 << shift
+                    count += 1
+                    if count > limit:
+                        return
+                    yield va, entry & ADDR_MASK & ~(size - 1), size, ww, uu
+                else:
+                    yield from walk(entry & ADDR_MASK, depth + 1, va, ww, uu)
+
+        yield from walk(self.cr3 & ADDR_MASK, 0, 0, True, True)

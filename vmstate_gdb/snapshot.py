@@ -1,0 +1,213 @@
+"""The facade every front end uses: open a snapshot, read its vCPUs, memory and devices, edit them.
+
+Data flows one way: container -> stream index -> devices / vCPUs / address spaces -> edit overlay.
+The gdb server, the command line and the exporters all go through a :class:`Snapshot`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .arch.x86_64.cpu import CPU_FIELDS, X86Cpu, compute_hflags, decode_cpu
+from .containers import StreamSource, open_source
+from .devices import nics as nic_knowledge
+from .devices import virtio  # noqa: F401  (registers the virtio blob decoder)
+from .devices.tree import DeviceTree
+from .edits import EditOverlay
+from .errors import EditError, FormatError, VmstateError
+from .machine import MachineLayout, layout_for
+from .memory import GuestRam, PhysicalMemory, VirtualMemory
+from .stream.index import StreamIndex, index_stream
+
+Progress = Callable[[int, int], None]
+
+# Registers whose change must be reflected in TCG's derived hflags (see compute_hflags).
+_HFLAGS_INPUTS = {"cr0", "cr4", "efer", "eflags"} | {f"{s}.{p}" for s in ("cs", "ss", "ds", "es")
+                                                   for p in ("flags", "base")}
+
+
+class _SourceBuffer:
+    """Sliceable view of a non-contiguous container (a fragmented qcow2 vmstate)."""
+
+    def __init__(self, source: StreamSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.source.size
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.source.size)
+            return self.source.read(start, max(0, stop - start))
+        return self.source.read(key, 1)[0]
+
+
+class Snapshot:
+    def __init__(self, source: StreamSource, index: StreamIndex, buf, max_ram_below_4g: int | None = None):
+        self.source = source
+        self.path = source.path
+        self.index = index
+        self.buf = buf
+        self.edits = EditOverlay()
+        self.devices = DeviceTree(index, self.read_stream)
+        blocks = {name: b.used_length for name, b in index.ram.blocks.items()}
+        self.layout: MachineLayout = layout_for(index.machine_type, blocks, max_ram_below_4g)
+        self.ram = GuestRam(index.ram.blocks, buf, self.edits)
+        self.physical = PhysicalMemory(self.ram, self.layout)
+        self._cpus: list[X86Cpu] | None = None
+        self._cpus_generation = -1
+
+    @classmethod
+    def open(cls, path: str, snapshot: str | None = None, *, offset: int | None = None,
+             max_ram_below_4g: int | None = None, progress: Progress | None = None) -> Snapshot:
+        source = open_source(path, snapshot, offset)
+        try:
+            view = source.view()
+            buf = view if view is not None else _SourceBuffer(source)
+            origin = source.file_offset(0)
+            # mapped-ram offsets are positions in QEMU's channel: the file for plain streams, the
+            # vmstate area for qcow2.
+            channel_base = 0 if source.kind == "qcow2" else origin
+            index = index_stream(buf, path, origin=origin if source.kind != "qcow2" else 0,
+                                 channel_base=channel_base, progress=progress)
+            return cls(source, index, buf, max_ram_below_4g)
+        except BaseException:
+            source.close()
+            raise
+
+    def close(self) -> None:
+        self.devices = None  # type: ignore[assignment]
+        self.physical = None  # type: ignore[assignment]
+        self.ram = None  # type: ignore[assignment]
+        self.buf = None
+        self.source.close()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- bytes of the stream, with the overlay's patches ----------------------------------------
+
+    def read_stream(self, offset: int, size: int) -> bytes:
+        raw = bytes(self.buf[offset:offset + size])
+        if len(raw) != size:
+            raise FormatError(f"read of {size} bytes at stream offset {offset:#x} runs past the end",
+                              self.path, offset)
+        return self.edits.apply(offset, raw) if self.edits.patches else raw
+
+    # -- vCPUs ----------------------------------------------------------------------------------
+
+    @property
+    def cpus(self) -> list[X86Cpu]:
+        if self._cpus is None or self._cpus_generation != self.edits.generation:
+            self._cpus = self._decode_cpus()
+            self._cpus_generation = self.edits.generation
+        return self._cpus
+
+    def _decode_cpus(self) -> list[X86Cpu]:
+        cpus = []
+        for sec in self.index.devices:
+            if sec.idstr != "cpu":
+                continue
+            body = self.read_stream(sec.body_offset, sec.body_size)
+            cpu = decode_cpu(sec.instance_id, body, sec.body_offset, self.path)
+            common = self.index.find("cpu_common", sec.instance_id)
+            if common is not None and common.body_size >= 4:
+                cpu.halted = bool(int.from_bytes(self.read_stream(common.body_offset, 4), "big"))
+            apic = self.devices.device(f"apic[{sec.instance_id}]") or (
+                self.devices.device("apic") if sec.instance_id == 0 else None)
+            if apic is not None:
+                for name, attr in (("tpr", "apic_tpr"), ("apicbase", "apic_base")):
+                    node = apic.root.child(name)
+                    if node is not None and node.is_leaf:
+                        setattr(cpu, attr, node.value(self.read_stream))  # type: ignore[attr-defined]
+            cpus.append(cpu)
+        cpus.sort(key=lambda c: c.index)
+        return cpus
+
+    def cpu(self, index: int) -> X86Cpu:
+        for c in self.cpus:
+            if c.index == index:
+                return c
+        raise EditError(f"no vCPU {index}: this snapshot has vCPUs 0..{len(self.cpus) - 1}")
+
+    def set_register(self, cpu_index: int, name: str, value: int) -> list[str]:
+        """Change a vCPU register in the overlay; returns the fields written (hflags included)."""
+        cpu = self.cpu(cpu_index)
+        if name not in CPU_FIELDS:
+            raise EditError(f"unknown register {name!r} (known: rax..r15, rip, eflags, cr0, cr3, efer, "
+                            "fs.base, cs.selector, xmm0.lo, ...)")
+        offset, size = cpu.field_offset(name)
+        if not 0 <= value < 1 << (8 * size):
+            raise EditError(f"value {value:#x} does not fit register {name} ({8 * size} bits)")
+        self.edits.patch(offset, value.to_bytes(size, "big"), f"cpu[{cpu_index}] {name}")
+        written = [name]
+        if name in _HFLAGS_INPUTS:
+            values = dict(cpu.values, **{name: value})
+            hflags = compute_hflags(values, cpu["hflags"])
+            if hflags != cpu["hflags"]:
+                off, hsize = cpu.field_offset("hflags")
+                self.edits.patch(off, hflags.to_bytes(hsize, "big"), f"cpu[{cpu_index}] hflags (derived)")
+                written.append("hflags")
+        return written
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    def virtual(self, cpu_index: int = 0) -> VirtualMemory:
+        return VirtualMemory(self.physical, self.cpu(cpu_index))
+
+    # -- devices --------------------------------------------------------------------------------
+
+    def field_value(self, path: str):
+        node = self.devices.resolve(path)
+        if not node.is_leaf:
+            raise EditError(f"{node.path} is a group of {len(node.children())} fields, not one value")
+        return node.value(self.read_stream)  # type: ignore[attr-defined]
+
+    def set_field(self, path: str, value: int | bytes) -> str:
+        node = self.devices.resolve(path)
+        if not node.is_leaf:
+            raise EditError(f"{node.path} is a group of fields; name one of its fields")
+        try:
+            data = node.encode(value)  # type: ignore[attr-defined]
+        except ValueError as e:
+            raise EditError(str(e)) from None
+        self.edits.patch(node.offset, data, node.path)
+        return node.path
+
+    def nics(self) -> list[nic_knowledge.Nic]:
+        return nic_knowledge.find_nics(self)
+
+    # -- facts ----------------------------------------------------------------------------------
+
+    @property
+    def ncpus(self) -> int:
+        return len(self.cpus)
+
+    def describe(self) -> dict:
+        idx = self.index
+        return {
+            "path": self.path,
+            "container": self.source.describe(),
+            "machine_type": idx.machine_type,
+            "page_size": idx.page_size,
+            "capabilities": idx.capabilities,
+            "commands": [c.name for c in idx.commands],
+            "vmdesc": idx.vmdesc is not None,
+            "ram_blocks": [{"name": b.name, "size": b.used_length, **b.counts()} for b in idx.ram.blocks.values()],
+            "layout": [{"start": r.start, "size": r.size, "block": r.block, "block_offset": r.block_offset,
+                        "kind": r.kind} for r in self.layout.ranges],
+            "warnings": idx.warnings + self.layout.notes,
+        }
+
+
+def open_snapshot(path: str, **kwargs) -> Snapshot:
+    """Shorthand for :meth:`Snapshot.open`; every failure is a VmstateError with one clear line."""
+    try:
+        return Snapshot.open(path, **kwargs)
+    except VmstateError:
+        raise
+    except OSError as e:
+        raise FormatError(f"cannot read: {e.strerror or e}", path) from None
