@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -82,8 +83,19 @@ def build_qcow2(
     incompat_bits = incompat | (1 << 4 if extended_l2 else 0)
     hdr = struct.pack(
         ">4sIQIIQIIQQIIQ",
-        b"QFI\xfb", version, 0, 0, CB, disk_size, crypt, (disk_size + (1 << shift) - 1) >> shift,
-        3 * CS, 1 * CS, 1, 0, 6 * CS,
+        b"QFI\xfb",
+        version,
+        0,
+        0,
+        CB,
+        disk_size,
+        crypt,
+        (disk_size + (1 << shift) - 1) >> shift,
+        3 * CS,
+        1 * CS,
+        1,
+        0,
+        6 * CS,
     )
     if version == 3:
         hdr += struct.pack(">QQQII", incompat_bits, 0, 0, 4, 104)
@@ -121,10 +133,23 @@ def build_qcow2(
         snaps = [("1", "disk1", 0)]
     for n, (sid, name, vmsize) in enumerate(snaps):
         extra = struct.pack(">QQq", vmsize, disk_size, -1)[:extra_size]
-        e = struct.pack(
-            ">QIHHIIQII", 4 * CS, l1_index + 1, len(sid), len(name), 1_700_000_000 + n, 0, 10**9 * (n + 1),
-            vmsize if vmsize < 2**32 else 0, len(extra),
-        ) + extra + sid.encode() + name.encode()
+        e = (
+            struct.pack(
+                ">QIHHIIQII",
+                4 * CS,
+                l1_index + 1,
+                len(sid),
+                len(name),
+                1_700_000_000 + n,
+                0,
+                10**9 * (n + 1),
+                vmsize if vmsize < 2**32 else 0,
+                len(extra),
+            )
+            + extra
+            + sid.encode()
+            + name.encode()
+        )
         e += bytes(-len(e) % 8)
         entries.append(e)
     table = b"".join(entries)
@@ -210,8 +235,17 @@ def test_missing_and_unreadable(tmp_path):
 XML = b"<domain type='kvm'><name>vm1</name></domain>\n"
 
 
-def libvirt_image(stream: bytes, *, magic=b"LibvirtQemudSave", compressed=0, version=2, pad=4096,
-                  was_running=1, cookie=b"", endian="<") -> bytes:
+def libvirt_image(
+    stream: bytes,
+    *,
+    magic=b"LibvirtQemudSave",
+    compressed=0,
+    version=2,
+    pad=4096,
+    was_running=1,
+    cookie=b"",
+    endian="<",
+) -> bytes:
     data = XML + b"\x00" + cookie
     cookie_off = len(XML) + 1 if cookie else 0
     data += bytes(max(0, pad - HEADER_SIZE - len(data)))
@@ -340,7 +374,8 @@ def test_qcow2_snapshot_selection(tmp_path):
     stream = fake_stream()
     p = write(tmp_path, "d.qcow2", build_qcow2(stream, disk_only_second=True))
     snaps = list_snapshots(p)
-    assert [(s.id, s.name, s.vm_state_size) for s in snaps] == [("1", "snap1", len(stream)), ("2", "disk2", 0)]
+    got = [(s.id, s.name, s.vm_state_size) for s in snaps]
+    assert got == [("1", "snap1", len(stream)), ("2", "disk2", 0)]
     with open_source(p) as src:  # default skips the newer disk-only one
         assert src.snapshot.name == "snap1"
     for which in ("1", "snap1"):
@@ -385,7 +420,8 @@ def test_qcow2_errors(tmp_path):
     assert "encrypted (LUKS)" in err(build_qcow2(stream, crypt=2), UnsupportedError)
     assert "marked corrupt" in err(build_qcow2(stream, incompat=2))
     assert "external data file" in err(build_qcow2(stream, incompat=4), UnsupportedError)
-    assert "unknown incompatible feature bits 7" in err(build_qcow2(stream, incompat=1 << 7), UnsupportedError)
+    msg = err(build_qcow2(stream, incompat=1 << 7), UnsupportedError)
+    assert "unknown incompatible feature bits 7" in msg
     assert "compressed" in err(build_qcow2(stream, compressed=True), UnsupportedError)
     bad = bytearray(good)
     bad[4:8] = struct.pack(">I", 4)
@@ -487,20 +523,38 @@ def _trailer(b: bytes) -> tuple[int, dict]:
     return p, json.loads(b[p + 5 :])
 
 
-@pytest.fixture(scope="module")
-def qemu_snapshots(tmp_path_factory):
-    if not (shutil.which("qemu-img") and os.access(QEMU, os.X_OK)):
-        pytest.skip("QEMU not installed")
+@contextlib.contextmanager
+def running_qemu(d, img_opts: str | None = None):
+    """Boot SeaBIOS on a fresh 64 MiB qcow2 in ``d``; yield (hmp, qmp, image path). QEMU is killed after."""
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
-    d = tmp_path_factory.mktemp("qemu")
-    img, mig, sock = d / "d.qcow2", d / "s.mig", d / "qmp.sock"
-    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(img), "64M"], check=True, capture_output=True)
+    img, sock = d / "d.qcow2", d / "qmp.sock"
+    cmd = ["qemu-img", "create", "-f", "qcow2"] + (["-o", img_opts] if img_opts else []) + [str(img), "64M"]
+    subprocess.run(cmd, check=True, capture_output=True)
     proc = subprocess.Popen(
-        [QEMU, "-accel", "tcg", "-M", "pc", "-m", "64", "-nographic", "-display", "none", "-monitor", "none",
-         "-qmp", f"unix:{sock},server=on,wait=off", "-drive", f"file={img},if=ide,format=qcow2",
-         "-serial", "none"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            QEMU,
+            "-accel",
+            "tcg",
+            "-M",
+            "pc",
+            "-m",
+            "64",
+            "-nographic",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-qmp",
+            f"unix:{sock},server=on,wait=off",
+            "-drive",
+            f"file={img},if=ide,format=qcow2",
+            "-serial",
+            "none",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     qmp = None
     try:
@@ -509,13 +563,57 @@ def qemu_snapshots(tmp_path_factory):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "QEMU did not create its QMP socket"
             time.sleep(0.05)
-        qmp = QEMUMonitorProtocol(str(sock))
-        qmp.connect()
+        while True:  # the socket file appears at bind(), before listen(): retry briefly
+            qmp = QEMUMonitorProtocol(str(sock))
+            try:
+                qmp.connect()
+                break
+            except Exception:
+                qmp = None
+                assert proc.poll() is None and time.monotonic() < deadline, "cannot connect to QMP"
+                time.sleep(0.05)
 
         def hmp(line: str) -> str:
             return qmp.cmd("human-monitor-command", **{"command-line": line})
 
         time.sleep(0.5)  # let SeaBIOS run a little
+        yield hmp, qmp, img
+        # Quit cleanly: QEMU flushes its refcount cache only on close, so an image read after a
+        # SIGKILL shows stale refcounts (seen: refcount 2 and a leaked cluster on qemu-img check).
+        try:
+            qmp.cmd("quit")
+        except Exception:
+            pass
+        proc.wait(timeout=30)
+    finally:
+        if qmp is not None:
+            try:
+                qmp.close()
+            except Exception:
+                pass
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+
+
+def _qemu_img_info(img) -> dict:
+    out = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", str(img)], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out)
+
+
+def _need_qemu():
+    if not (shutil.which("qemu-img") and os.access(QEMU, os.X_OK)):
+        pytest.skip("QEMU not installed")
+
+
+@pytest.fixture(scope="module")
+def qemu_snapshots(tmp_path_factory):
+    _need_qemu()
+    d = tmp_path_factory.mktemp("qemu")
+    mig = d / "s.mig"
+    with running_qemu(d) as (hmp, qmp, img):
         assert hmp("savevm snap1") == ""
         qmp.cmd("stop")
         # savevm first: after a completed migration QEMU 7.2 has inactivated the disks and savevm
@@ -531,20 +629,13 @@ def qemu_snapshots(tmp_path_factory):
             assert time.monotonic() < deadline, f"migration stuck in {status}"
             time.sleep(0.05)
         assert status == "completed"
-        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(img)], check=True,
-                                         capture_output=True, text=True).stdout)
-        listing = subprocess.run(["qemu-img", "snapshot", "-U", "-l", str(img)], check=True,
-                                 capture_output=True, text=True).stdout
-        yield {"img": str(img), "mig": str(mig), "info": info, "listing": listing, "dir": d}
-    finally:
-        if qmp is not None:
-            try:
-                qmp.close()
-            except Exception:
-                pass
-        proc.kill()
-        proc.wait(timeout=30)
-        proc.stderr.close()
+    # QEMU has quit here; running_qemu's finally kills it in any case (also on a failed step).
+    listing = subprocess.run(
+        ["qemu-img", "snapshot", "-l", str(img)], check=True, capture_output=True, text=True
+    ).stdout
+    check = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    yield {"img": str(img), "mig": str(mig), "info": _qemu_img_info(img), "listing": listing, "dir": d}
 
 
 @pytest.mark.qemu
@@ -619,8 +710,20 @@ def test_qemu_image_bit_flips(qemu_snapshots):
     raw = open(qemu_snapshots["img"], "rb").read()
     img = Qcow2Image(qemu_snapshots["img"])
     snap = img.snapshots[-1]
-    meta = [0, 20, 36, 40, 60, 64, snap.entry_offset, snap.entry_offset + 8, snap.entry_offset + 32,
-            snap.entry_offset + 40, snap.entry_offset + 48, snap.l1_table_offset + 8 * 1]
+    meta = [
+        0,
+        20,
+        36,
+        40,
+        60,
+        64,
+        snap.entry_offset,
+        snap.entry_offset + 8,
+        snap.entry_offset + 32,
+        snap.entry_offset + 40,
+        snap.entry_offset + 48,
+        snap.l1_table_offset + 8 * 1,
+    ]
     img.close()
     for off in meta:
         for bit in (0, 3, 7):
@@ -629,3 +732,50 @@ def test_qemu_image_bit_flips(qemu_snapshots):
             _exercise(bytes(data))
     for cut in (0, 10, 100, snap.entry_offset + 20, len(raw) // 2, len(raw) - 1):
         _exercise(raw[:cut])
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize(
+    "opts, version, ext_l2",
+    [
+        ("compat=0.10", 2, False),  # qcow2 v2
+        ("cluster_size=512", 3, False),  # tiny clusters: L2 tables interleave with vmstate data
+        ("cluster_size=4096", 3, False),
+        ("extended_l2=on,cluster_size=64k", 3, True),
+        ("refcount_bits=2", 3, False),  # sub-byte refcount packing
+        ("refcount_bits=8", 3, False),
+        ("refcount_bits=64", 3, False),
+    ],
+)
+def test_qemu_image_variants(tmp_path, opts, version, ext_l2):
+    _need_qemu()
+    with running_qemu(tmp_path, opts) as (hmp, qmp, img):
+        assert hmp("savevm v1") == ""
+        qmp.cmd("stop")
+        assert hmp("savevm v2") == ""
+    info = _qemu_img_info(img)
+    check = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    sizes = {s["name"]: s["vm-state-size"] for s in info["snapshots"]}
+    for name in ("v1", "v2"):
+        with open_source(str(img), snapshot=name) as src:
+            assert src.image.version == version and src.image.extended_l2 == ext_l2
+            assert src.size == sizes[name]
+            data = src.read(0, src.size)
+            assert data[:8] == QEVM
+            _trailer(data)
+            # the vmstate starts at the first L1 boundary at or after the 64 MiB disk
+            shift = src.image.cluster_bits + src.image.l2_bits
+            assert src.vm_state_offset == max(64 << 20, 1 << shift)
+            assert (src.view() is not None) == (len(src.extents) == 1)
+            with open(img, "rb") as f:
+                for off in (0, src.size // 3, src.size - 1):
+                    f.seek(src.file_offset(off))
+                    assert f.read(1) == data[off : off + 1]
+            # savevm discards the vmstate from the active L1, so after a clean quit the clusters
+            # belong to the snapshot alone (refcount 1: safe to patch in place)
+            assert src.refcount(src.size // 2) == 1
+            print(
+                f"[{opts}] {name}: {src.size} bytes, cluster {src.image.cluster_size}, "  # pytest -s
+                f"vm_state_offset {src.vm_state_offset:#x}, {len(src.extents)} extent(s)"
+            )
