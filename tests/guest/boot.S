@@ -8,6 +8,8 @@
  * Everything is linked at KERNEL_VMA + physical; PA(x) gives the physical
  * address used before paging is on.
  */
+    .cfi_sections .debug_frame  /* CFI for gdb (.eh_frame is discarded) */
+
 #define KERNEL_VMA 0xffffffff80000000
 #define PA(x) ((x) - KERNEL_VMA)
 
@@ -67,6 +69,8 @@ long_entry_low:
     jmp *%rax
 
 long_entry_high:
+    .cfi_startproc
+    .cfi_undefined rip          /* outermost frame: stop gdb's unwinder here */
     lgdt boot_gdt_ptr64
     movl $0x10, %eax
     movl %eax, %ds
@@ -85,6 +89,7 @@ long_entry_high:
     call kmain
 1:  hlt
     jmp 1b
+    .cfi_endproc
 
 /* ---- GDT ------------------------------------------------------------- */
     .section .data, "aw", @progbits
