@@ -74,6 +74,8 @@ def tick_continues(before: Tick, after: Tick) -> bool:
     if after.n > before.n:
         return True
     return (
-        after.n == before.n and after.iface is not None and before.iface is not None
+        after.n == before.n
+        and after.iface is not None
+        and before.iface is not None
         and after.iface > before.iface
     )

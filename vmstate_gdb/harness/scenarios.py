@@ -128,7 +128,9 @@ def build_snapshot(scenario: Scenario, directory: str | Path, reuse: bool = True
         try:
             old = Snapshot.load(path)
             if (old.config, old.method, old.guest_fingerprint) == (
-                scenario.config, scenario.method, fingerprint(guest)
+                scenario.config,
+                scenario.method,
+                fingerprint(guest),
             ) and old.qemu_version == qemu_version(scenario.config):
                 return old
         except (KeyError, TypeError, ValueError, json.JSONDecodeError):

@@ -45,7 +45,9 @@ class Snapshot:
     qemu_version: str
     source_argv: list[str]
     resume_argv: list[str]
-    #: QMP commands to send (in order) after starting ``resume_argv``, then ``cont``.
+    #: QMP commands to send (in order) on ``resume_argv``'s QMP socket; the last is ``cont``,
+    #: to be sent only once ``query-status`` has left ``inmigrate`` (a ``cont`` during the load
+    #: is overridden by the paused runstate carried in the stream).
     resume_qmp: list[dict[str, Any]]
     state: RecordedState
     last_tick: Tick | None
@@ -209,14 +211,16 @@ def capture(
             uri = f"file:{path}"
         vm.qmp("migrate", uri=uri)
         wait_migration(vm)
+    resume_qmp.append({"execute": "cont"})
     timings["capture_s"] = time.monotonic() - t0
     timings["stop_to_done_s"] = time.monotonic() - started
     resume_argv = render_argv(
         vm.config,
         list(vm.guest.boot_args),
         serial="stdio",
-        # mapped-ram needs QMP to set the capability before migrate-incoming
-        qmp_socket=(path + ".qmp.sock") if resume_qmp else None,
+        # QMP: mapped-ram must be set before migrate-incoming, and a stream of a stopped VM
+        # loads paused (the runstate travels in the stream), so something must send "cont".
+        qmp_socket=path + ".qmp.sock",
         disk=str(vm.disk) if vm.disk else None,
         **resume,
     )

@@ -1,0 +1,42 @@
+"""pytest wiring: markers, and the session snapshot fixtures of tests/snapshots.py."""
+
+from __future__ import annotations
+
+import pytest
+from snapshots import (  # noqa: F401  (fixtures are found by name in this module)
+    SCENARIO_FIXTURES,
+    _no_qemu_left_behind,
+    fixture_name,
+    guest_builds,
+    qemu_vm,
+    restored,
+    snapshot,
+    snapshot_dir,
+)
+
+from vmstate_gdb.harness import SCENARIOS
+
+globals().update(SCENARIO_FIXTURES)
+
+MARKERS = {
+    "unit": "fast tests on synthetic bytes, no QEMU",
+    "qemu": "boots real QEMU guests",
+    "qemu10": "needs the QEMU 10 installed beside the system QEMU",
+    "linux": "boots the Debian Linux test guest",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a per-scenario fixture gets that scenario's markers (qemu, qemu10, linux)."""
+    by_fixture = {fixture_name(name): scenario for name, scenario in SCENARIOS.items()}
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            scenario = by_fixture.get(fixture)
+            if scenario is not None:
+                for mark in scenario.markers:
+                    item.add_marker(mark)
