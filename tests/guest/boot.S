@@ -150,19 +150,19 @@ boot_pdpt_high:
     .p2align 12
 boot_pd_high:
     .quad PA(boot_pt_low) + (PTE_P | PTE_RW)
-    .set i, 1
+    .set .Lpg, 1
     .rept 7
-    .quad (i << 21) | (PTE_P | PTE_RW | PTE_PS)
-    .set i, i + 1
+    .quad (.Lpg << 21) | (PTE_P | PTE_RW | PTE_PS)
+    .set .Lpg, .Lpg + 1
     .endr
     .fill 504, 8, 0
 
     .p2align 12
 boot_pt_low:
-    .set i, 0
+    .set .Lpg, 0
     .rept 512
-    .quad (i << 12) | (PTE_P | PTE_RW)
-    .set i, i + 1
+    .quad (.Lpg << 12) | (PTE_P | PTE_RW)
+    .set .Lpg, .Lpg + 1
     .endr
 
 /* ---- Stack ------------------------------------------------------------ */
