@@ -41,6 +41,10 @@ report() {
 FORCE=0
 [ "${1:-}" = "--force" ] && FORCE=1
 
+mkdir -p "$B"
+exec 9>"$B/.lock"
+flock 9   # concurrent test runs wait for one build
+
 complete=1
 for f in $OUTPUTS .stamp; do [ -s "$B/$f" ] || complete=0; done
 if [ $complete = 1 ] && [ $FORCE = 0 ] && [ "$(cat "$B/.stamp")" = "$(stamp)" ]; then
@@ -51,6 +55,18 @@ fi
 mkdir -p "$DL"
 rm -f "$B/.stamp"
 
+APT_UPDATED=0
+apt_update() { [ $APT_UPDATED = 1 ] || { log "apt-get update"; apt-get update -qq; APT_UPDATED=1; }; }
+need() {  # command debian-package
+    command -v "$1" >/dev/null && return 0
+    log "installing $2 (for $1)"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+need xz xz-utils
+need gzip gzip
+need "$QEMU" qemu-system-x86
+
 # ---------------------------------------------------------------- packages
 resolve_pkg() {
     apt-cache depends linux-image-amd64 2>/dev/null |
@@ -58,8 +74,7 @@ resolve_pkg() {
 }
 PKG=${LINUX_IMAGE_PKG:-$(resolve_pkg || true)}
 if [ -z "$PKG" ] || [ -z "$(apt-cache policy busybox-static 2>/dev/null | awk '/Candidate:/ && $2 != "(none)"')" ]; then
-    log "apt lists missing, running apt-get update"
-    apt-get update -qq
+    apt_update
     PKG=${LINUX_IMAGE_PKG:-$(resolve_pkg)}
 fi
 [ -n "$PKG" ] || { log "cannot resolve the linux-image package"; exit 1; }
@@ -194,6 +209,7 @@ esac
 mv "$B/System.map.tmp" "$B/System.map"
 rm -f "$DISK" "$B/kallsyms.txt"
 
+rm -rf "$DL/kernel"   # 400 MB of modules; the .deb stays in build/dl
 echo "$PKG $PKGVER $KVER" > "$B/kernel-version"
 stamp > "$B/.stamp"
 log "linux_banner at 0x$banner, $(wc -l < "$B/System.map") symbols"

@@ -106,8 +106,8 @@ def main():
         proc.kill()
         proc.wait()
     text = open(serial, errors="replace").read().replace("\r", "")
-    print("\n".join(l for l in text.splitlines()
-                    if re.search(r"(^|\x1b\S*)(NIC |init:|LINUX READY)", l)))
+    for m in re.findall(r"(NIC \S+ \S+ \S*|init: .*|LINUX READY)", text):
+        print(m)
     print("kernel=%s machine=%s smp=%d cpu=%s: LINUX READY after %s s, TICK 1 after %s s"
           % (a.kernel, a.M, a.smp, a.cpu or "default",
              ready and "%.2f" % ready, first_tick and "%.2f" % first_tick))
