@@ -1,0 +1,292 @@
+"""The `vmstate` command line: the same core as the gdb target, for scripts and pipelines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import string
+import sys
+
+from .devices.fields import Array, Leaf, Node
+from .devices.format import format_value, to_plain
+from .devices.nics import format_mac
+from .errors import AddressError, VmstateError
+from .progress import Progress
+from .snapshot import Snapshot, open_snapshot
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (use 0x... for hex)") from None
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b") or "0"
+    if t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return _int(t)
+
+
+def _open(args) -> Snapshot:
+    progress = Progress(f"opening {args.snap}", enabled=None if not args.quiet else False)
+    snap = open_snapshot(args.snap, snapshot=args.snapshot, offset=args.offset,
+                         max_ram_below_4g=args.max_ram_below_4g, progress=progress)
+    progress.done()
+    return snap
+
+
+def _emit(args, data, text: str) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+# -- info -------------------------------------------------------------------------------------
+
+def cmd_info(args) -> int:
+    from .arch.x86_64.disasm import disassemble_at
+
+    with _open(args) as snap:
+        data = snap.describe()
+        cpus = []
+        for cpu in snap.cpus:
+            read = _linear_reader(snap, cpu)
+            try:
+                insn = disassemble_at(read, cpu, count=1)
+                at_rip = insn[0].text if insn else "(no instruction decoded)"
+            except VmstateError as e:
+                at_rip = f"(unreadable: {e.message})"
+            cpus.append({"index": cpu.index, "mode": cpu.cpu_mode, "paging": cpu.paging_mode,
+                         "rip": cpu["rip"], "cr3": cpu["cr3"], "halted": cpu.halted, "instruction": at_rip})
+        nics = [n.describe() for n in snap.nics()]
+        data.update(cpus=cpus, nics=nics, devices=[d.key for d in snap.devices.devices])
+        lines = [f"{snap.path}: QEMU snapshot ({data['container']['kind']})",
+                 f"  machine type  {data['machine_type'] or '(none recorded)'}",
+                 f"  page size     {data['page_size']}",
+                 f"  features      {', '.join(data['capabilities']) or 'plain stream'}"
+                 f"{'; ' + ', '.join(data['commands']) if data['commands'] else ''}"
+                 f"{'; no VMDESCRIPTION' if not data['vmdesc'] else ''}"]
+        lines.append("  RAM blocks")
+        for b in data["ram_blocks"]:
+            lines.append(f"    {b['name']:<36} {_human(b['size']):>9}  {b['data']} data pages, {b['zero']} zero")
+        lines.append("  guest-physical layout")
+        for r in data["layout"]:
+            lines.append(f"    {r['start']:#014x}-{r['start'] + r['size'] - 1:#014x}  {r['block']}+{r['block_offset']:#x}"
+                         f" ({r['kind']})")
+        lines.append(f"  vCPUs         {len(cpus)}")
+        for c in cpus:
+            lines.append(f"    cpu{c['index']}: {c['mode']:<11} paging {c['paging']:<8} rip={c['rip']:#x} "
+                         f"cr3={c['cr3']:#x}{' halted' if c['halted'] else ''}  {c['instruction']}")
+        lines.append(f"  devices       {len(data['devices'])}")
+        for n in nics:
+            lines.append(f"    NIC {n['name']} ({n['model']}): {n['mac']}")
+        for w in data["warnings"]:
+            lines.append(f"  warning: {w}")
+        _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _linear_reader(snap: Snapshot, cpu):
+    if cpu.paging_mode == "none":
+        return snap.physical.read
+    return snap.virtual(cpu.index).read
+
+
+# -- devices ----------------------------------------------------------------------------------
+
+def cmd_devices(args) -> int:
+    with _open(args) as snap:
+        if not args.path:
+            data = [{"key": d.key, "idstr": d.idstr, "instance_id": d.section.instance_id, "model": d.model,
+                     "version": d.section.version_id, "size": d.section.body_size,
+                     "offset": snap.source.file_offset(d.section.body_offset),
+                     "described": d.root.vmsd_name is not None} for d in snap.devices.devices]
+            text = "\n".join(f"{d['key']:<40} {d['model']:<20} v{d['version']:<3} {d['size']:>8} bytes"
+                             f"{'' if d['described'] else '  (raw)'}" for d in data)
+            _emit(args, data, text)
+            return 0
+        node = snap.devices.resolve(args.path)
+        if args.json:
+            _emit(args, {node.path: to_plain(node, snap.read_stream, depth=args.depth)}, "")
+        else:
+            lines: list[str] = []
+            _render(snap, node, lines, 0, args.depth)
+            _emit(args, None, "\n".join(lines))
+    return 0
+
+
+def _render(snap: Snapshot, node: Node, lines: list[str], indent: int, depth: int) -> None:
+    pad = "  " * indent
+    file_off = snap.source.file_offset(node.offset)
+    if isinstance(node, Leaf):
+        value = format_value(node, node.value(snap.read_stream))
+        lines.append(f"{pad}{node.name} = {value}   [{node.type}, {node.size} bytes @ {file_off:#x}]")
+        return
+    if isinstance(node, Array):
+        head = f"{pad}{node.name}: {node.count} x {node.element_size} bytes @ {file_off:#x}"
+        if depth <= 0 or node.count > 64:
+            lines.append(head + (" (name an element, e.g. [0])" if node.count > 64 else ""))
+            return
+        lines.append(head)
+        for i in range(node.count):
+            _render(snap, node.element(i), lines, indent + 1, depth - 1)
+        return
+    lines.append(f"{pad}{node.name}: {node.type}{' ' + node.vmsd_name if getattr(node, 'vmsd_name', None) else ''}"
+                 f" ({node.size} bytes @ {file_off:#x})")
+    if depth <= 0:
+        return
+    for c in node.children():
+        _render(snap, c, lines, indent + 1, depth - 1)
+
+
+# -- read / translate -------------------------------------------------------------------------
+
+def cmd_read(args) -> int:
+    with _open(args) as snap:
+        space = snap.physical if args.phys else snap.virtual(args.cpu)
+        data = space.read(args.address, args.length)
+        if args.raw:
+            sys.stdout.buffer.write(data)
+            return 0
+        _emit(args, {"address": args.address, "length": len(data), "physical": args.phys, "hex": data.hex()},
+              _hexdump(args.address, data))
+    return 0
+
+
+def _hexdump(address: int, data: bytes) -> str:
+    printable = set(string.printable.encode()) - set(b"\t\n\r\x0b\x0c")
+    lines = []
+    for i in range(0, len(data), 16):
+        chunk = data[i:i + 16]
+        hexes = " ".join(f"{b:02x}" for b in chunk)
+        text = "".join(chr(b) if b in printable else "." for b in chunk)
+        lines.append(f"{address + i:016x}  {hexes:<47}  |{text}|")
+    return "\n".join(lines)
+
+
+def cmd_translate(args) -> int:
+    with _open(args) as snap:
+        cpu = snap.cpu(args.cpu)
+        vm = snap.virtual(args.cpu)
+        try:
+            t = vm.translate(args.address)
+        except AddressError as e:
+            steps = getattr(e, "steps", [])
+            for s in steps:
+                print(f"  {s.level:<5} [{s.index:3d}] @ {s.entry_address:#x} = {s.entry:#018x}")
+            raise
+        data = {"virtual": t.virtual, "physical": t.physical, "page_size": t.page_size, "mode": cpu.paging_mode,
+                "cr3": cpu["cr3"], "steps": [{"level": s.level, "index": s.index, "entry_address": s.entry_address,
+                                               "entry": s.entry} for s in t.steps]}
+        lines = [f"{t.virtual:#x} -> physical {t.physical:#x} ({_human(t.page_size)} page, {cpu.paging_mode}, "
+                 f"cr3={cpu['cr3']:#x})"]
+        for s in t.steps:
+            lines.append(f"  {s.level:<5} [{s.index:3d}] @ {s.entry_address:#x} = {s.entry:#018x}")
+        _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_snapshots(args) -> int:
+    from .containers import list_snapshots
+
+    snaps = list_snapshots(args.snap)
+    data = [vars(s) if hasattr(s, "__dict__") else s for s in snaps]
+    lines = [f"{'ID':<6}{'TAG':<24}{'VM SIZE':>12}  DATE" ]
+    for s in snaps:
+        lines.append(f"{getattr(s, 'id', '')!s:<6}{getattr(s, 'name', '')!s:<24}"
+                     f"{_human(getattr(s, 'vm_state_size', 0)):>12}  {getattr(s, 'date_sec', '')}")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_nics(args) -> int:
+    with _open(args) as snap:
+        nics = snap.nics()
+        _emit(args, [n.describe() for n in nics],
+              "\n".join(f"{n.name} ({n.model}): {format_mac(n.mac)}" for n in nics) or "no NICs")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vmstate", description="Inspect and edit QEMU/KVM snapshots "
+                                "(migration streams, libvirt save files, qcow2 savevm snapshots).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def snap_cmd(name: str, helptext: str, func):
+        sp = sub.add_parser(name, help=helptext, description=helptext)
+        sp.add_argument("snap", metavar="SNAP", help="snapshot file: migration stream, libvirt save, or qcow2")
+        sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
+        sp.add_argument("--offset", type=_int, default=None, help="the stream starts at this byte of the file")
+        sp.add_argument("--max-ram-below-4g", type=_size, default=None,
+                        help="the machine's max-ram-below-4g option, if it was set")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+        sp.set_defaults(func=func)
+        return sp
+
+    snap_cmd("info", "machine, RAM, vCPUs, devices and NICs of a snapshot", cmd_info)
+    sp = snap_cmd("devices", "the device tree, or one device, subtree or field", cmd_devices)
+    sp.add_argument("path", nargs="?", help="e.g. e1000, 0000:00:03.0/e1000/mac_reg[0], cpu[1]/env.eip")
+    sp.add_argument("--depth", type=int, default=8, help="levels to show (default 8)")
+    sp = snap_cmd("read", "hexdump of guest memory", cmd_read)
+    sp.add_argument("address", type=_int)
+    sp.add_argument("length", type=_int, nargs="?", default=64)
+    sp.add_argument("--phys", action="store_true", help="ADDRESS is guest-physical")
+    sp.add_argument("--cpu", type=int, default=0, help="translate through this vCPU's page tables")
+    sp.add_argument("--raw", action="store_true", help="write the bytes to stdout")
+    sp = snap_cmd("translate", "walk the page tables for a virtual address", cmd_translate)
+    sp.add_argument("address", type=_int)
+    sp.add_argument("--cpu", type=int, default=0)
+    snap_cmd("nics", "the NICs and their MAC addresses", cmd_nics)
+    sp = sub.add_parser("snapshots", help="list the internal snapshots of a qcow2 image")
+    sp.add_argument("snap", metavar="IMAGE")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_snapshots)
+    _register_optional(sub)
+    return p
+
+
+def _register_optional(sub) -> None:
+    """Commands that live in their own modules register themselves here (writer, exports, server...)."""
+    import importlib
+
+    for module in ("vmstate_gdb.writer.cli", "vmstate_gdb.rsp.cli", "vmstate_gdb.export.cli",
+                   "vmstate_gdb.capture.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        mod.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VmstateError as e:
+        print(f"vmstate: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vmstate: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

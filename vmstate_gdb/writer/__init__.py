@@ -1,0 +1,120 @@
+"""Write a new snapshot with the overlay's edits; QEMU resumes it. The input is never written."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import SaveError, VmstateError
+from ..snapshot import Snapshot
+from .emit import AtomicOutput, write_stream
+from .plan import Plan, make_plan
+
+
+@dataclass
+class SaveResult:
+    path: str
+    format: str  # "stream" | "qcow2"
+    plan: Plan
+    size: int
+    snapshot_name: str | None = None
+
+    def summary(self) -> str:
+        what = f"wrote {self.path} ({self.format}, {self.size} bytes): {self.plan.describe()}"
+        if self.snapshot_name:
+            what += f"; internal snapshot {self.snapshot_name!r}"
+        return what
+
+
+def check_output_path(snap: Snapshot, out: str) -> None:
+    """Refuse to write over the input, also through a symlink or a hard link."""
+    src = snap.path
+    if os.path.realpath(out) == os.path.realpath(src):
+        raise SaveError("refusing to overwrite the input snapshot; choose another output file", out)
+    try:
+        if os.path.exists(out) and os.path.samefile(out, src):
+            raise SaveError("the output is a link to the input snapshot; choose another output file", out)
+    except OSError:
+        pass
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise SaveError(f"directory {directory} does not exist", out)
+
+
+def save(snap: Snapshot, out: str, fmt: str | None = None, progress=None, snapshot_name: str | None = None,
+         qemu_img: str | None = None) -> SaveResult:
+    """Write ``snap`` with its edits to ``out``: same kind as the input unless ``fmt`` says
+    "stream" (a standalone migration stream) or "qcow2"."""
+    check_output_path(snap, out)
+    kind = snap.source.kind
+    fmt = fmt or ("qcow2" if kind == "qcow2" else "stream")
+    if fmt not in ("stream", "qcow2"):
+        raise SaveError(f"unknown output format {fmt!r} (stream or qcow2)", out)
+    try:
+        plan = make_plan(snap)
+    except ValueError as e:
+        raise SaveError(str(e), out) from None
+    if fmt == "qcow2":
+        if kind != "qcow2":
+            raise SaveError("a qcow2 output needs a qcow2 input (its disk); use --format stream", out)
+        from .qcow2 import save_qcow2
+
+        name, size = save_qcow2(snap, plan, out, snapshot_name, progress, qemu_img)
+        return SaveResult(out, "qcow2", plan, size, name)
+    size = _save_stream(snap, plan, out, progress, keep_prefix=(kind != "qcow2"))
+    return SaveResult(out, "stream", plan, size)
+
+
+def _save_stream(snap: Snapshot, plan: Plan, out: str, progress, keep_prefix: bool) -> int:
+    source = snap.source
+    stream_size = source.size
+    try:
+        with open(_backing_file(snap), "rb") as src, AtomicOutput(out) as dst:
+            if snap.source.view() is not None:
+                base = source.file_offset(0)
+                size = write_stream(src.fileno(), lambda off: base + off, stream_size,
+                                    base if keep_prefix else 0, plan.patches, plan.insert_at, plan.inserted,
+                                    dst, progress)
+                if not keep_prefix and base:
+                    pass
+            else:
+                size = _write_fragmented(snap, plan, dst, progress)
+        return size
+    except VmstateError:
+        raise
+    except OSError as e:
+        raise SaveError(f"cannot write: {e.strerror or e}", out) from None
+
+
+def _backing_file(snap: Snapshot) -> str:
+    return snap.source.path
+
+
+def _write_fragmented(snap: Snapshot, plan: Plan, dst, progress) -> int:
+    """A qcow2 vmstate in several extents: stream it through memory in chunks."""
+    source = snap.source
+    events = sorted([(o, 1, d) for o, d in plan.patches] +
+                    ([(plan.insert_at, 0, plan.inserted)] if plan.insert_at is not None else []),
+                    key=lambda e: (e[0], e[1]))
+    pos = written = 0
+    total = source.size + plan.size_delta
+    chunk = 16 << 20
+
+    def copy(upto: int) -> None:
+        nonlocal pos, written
+        while pos < upto:
+            n = min(chunk, upto - pos)
+            dst.write(source.read(pos, n))
+            pos += n
+            written += n
+            if progress:
+                progress(written, total)
+
+    for off, kind, data in events:
+        copy(off)
+        dst.write(data)
+        written += len(data)
+        if kind == 1:
+            pos += len(data)
+    copy(source.size)
+    return written

@@ -1,0 +1,118 @@
+"""Write a planned stream: copy unchanged ranges in the kernel, write patches and insertions.
+
+Saving is atomic: a temporary file in the output's directory, fsync, rename. A failure removes it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+
+from ..errors import SaveError
+
+Progress = Callable[[int, int], None]
+_CHUNK = 64 << 20
+
+
+class AtomicOutput:
+    """``with AtomicOutput(path) as f:`` — f is a binary file; renamed over ``path`` only on success."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self.tmp: str | None = None
+        self.file = None
+
+    def __enter__(self):
+        directory = os.path.dirname(self.path) or "."
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=".vmstate-", suffix=".part", dir=directory)
+        except OSError as e:
+            raise SaveError(f"cannot write in {directory}: {e.strerror}", self.path) from None
+        self.file = os.fdopen(fd, "wb")
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+                self.file.close()
+                os.chmod(self.tmp, 0o644)
+                os.replace(self.tmp, self.path)
+                self.tmp = None
+            else:
+                self.file.close()
+        except OSError as e:
+            raise SaveError(f"cannot finish writing: {e.strerror}", self.path) from None
+        finally:
+            if self.tmp is not None:
+                try:
+                    os.unlink(self.tmp)
+                except OSError:
+                    pass
+        return False
+
+
+def copy_range(src_fd: int, dst, src_offset: int, length: int, progress: Progress | None = None,
+               done: int = 0, total: int = 0) -> None:
+    """Copy file bytes [src_offset, +length) to the current end of ``dst`` (in-kernel when possible)."""
+    dst.flush()
+    dst_fd = dst.fileno()
+    out_pos = os.lseek(dst_fd, 0, os.SEEK_CUR)
+    remaining = length
+    pos = src_offset
+    while remaining > 0:
+        n = min(remaining, _CHUNK)
+        try:
+            copied = os.copy_file_range(src_fd, dst_fd, n, pos, out_pos)
+        except OSError:
+            copied = 0
+        if copied <= 0:  # cross-filesystem or unsupported: fall back to read/write
+            data = os.pread(src_fd, n, pos)
+            if not data:
+                raise SaveError(f"input ended early at byte {pos:#x}")
+            copied = os.pwrite(dst_fd, data, out_pos)
+        pos += copied
+        out_pos += copied
+        remaining -= copied
+        if progress:
+            progress(done + length - remaining, total)
+    os.lseek(dst_fd, out_pos, os.SEEK_SET)
+
+
+def write_stream(src_fd: int, stream_to_file: Callable[[int], int], stream_size: int, prefix_end: int,
+                 patches: list[tuple[int, bytes]], insert_at: int | None, inserted: bytes, dst,
+                 progress: Progress | None = None) -> int:
+    """Write [file prefix][stream with patches and one insertion]; returns bytes written.
+
+    ``stream_to_file`` maps stream offsets to file offsets of the source (contiguous sources only;
+    fragmented ones go through a temporary stream file first). ``prefix_end`` is the file offset
+    where the stream begins (a libvirt header, or ``file:...,offset=N`` padding, is copied as is).
+    """
+    total = prefix_end + stream_size + len(inserted)
+    if prefix_end:
+        copy_range(src_fd, dst, 0, prefix_end, progress, 0, total)
+    events: list[tuple[int, int, bytes]] = [(off, 1, data) for off, data in patches]
+    if insert_at is not None:
+        events.append((insert_at, 0, inserted))  # insertion sorts before a patch at the same offset
+    events.sort(key=lambda e: (e[0], e[1]))
+    pos = 0
+    written = prefix_end
+    for off, kind, data in events:
+        if off < pos:
+            raise SaveError(f"overlapping edits at stream offset {off:#x}")
+        if off > pos:
+            copy_range(src_fd, dst, stream_to_file(pos), off - pos, progress, written, total)
+            written += off - pos
+            pos = off
+        dst.write(data)
+        written += len(data)
+        if kind == 1:
+            pos += len(data)
+    if pos < stream_size:
+        copy_range(src_fd, dst, stream_to_file(pos), stream_size - pos, progress, written, total)
+        written += stream_size - pos
+    if progress:
+        progress(total, total)
+    return written

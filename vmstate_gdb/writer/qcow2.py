@@ -1,0 +1,185 @@
+"""qcow2 output: a copy of the image whose internal snapshot holds the edited vmstate.
+
+The disk clusters, the other snapshots and the snapshot's own disk state are copied as they are.
+The vmstate is rewritten from the first changed byte through the snapshot's own L2 table; when
+new PAGE records make it longer, clusters are appended to the file with refcount 1 and the
+snapshot's `vm_state_size` grows. Every cluster written must have refcount 1 (owned by that
+snapshot alone, which is how QEMU's savevm leaves it; qcow2_snapshot_create in
+block/qcow2-snapshot.c), else we refuse rather than change another snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from ..containers.qcow2 import OFFSET_MASK, REFT_OFFSET_MASK, Qcow2Image
+from ..errors import SaveError, UnsupportedError
+from ..snapshot import Snapshot
+from .emit import AtomicOutput, copy_range
+from .plan import Plan
+
+OFLAG_COPIED = 1 << 63
+
+
+class _ImageWriter:
+    """Cluster-level writes into the output copy, with the input's parsed structure."""
+
+    def __init__(self, fd: int, image: Qcow2Image, out: str):
+        self.fd = fd
+        self.img = image
+        self.out = out
+        self.cs = image.cluster_size
+        self.end = (os.fstat(fd).st_size + self.cs - 1) // self.cs * self.cs
+
+    def _u64(self, offset: int) -> int:
+        return int.from_bytes(os.pread(self.fd, 8, offset), "big")
+
+    def _put64(self, offset: int, value: int) -> None:
+        os.pwrite(self.fd, value.to_bytes(8, "big"), offset)
+
+    # refcounts ---------------------------------------------------------------------------------
+
+    def _refcount_slot(self, cluster: int, allocate: bool) -> tuple[int, int] | None:
+        img = self.img
+        block_bits = img.cluster_bits + 3 - img.refcount_order
+        t_idx, b_idx = cluster >> block_bits, cluster & ((1 << block_bits) - 1)
+        if t_idx >= img.refcount_table_clusters * self.cs // 8:
+            raise UnsupportedError("the qcow2 refcount table is full; save with --format stream instead",
+                                   self.out)
+        t_off = img.refcount_table_offset + 8 * t_idx
+        block = self._u64(t_off) & REFT_OFFSET_MASK
+        if block == 0:
+            if not allocate:
+                return None
+            block = self.end
+            self.end += self.cs
+            os.pwrite(self.fd, bytes(self.cs), block)
+            self._put64(t_off, block)
+            self.set_refcount(block // self.cs, 1)
+        return block, b_idx
+
+    def refcount(self, cluster: int) -> int:
+        slot = self._refcount_slot(cluster, allocate=False)
+        if slot is None:
+            return 0
+        block, idx = slot
+        bits = self.img.refcount_bits
+        if bits >= 8:
+            n = bits // 8
+            return int.from_bytes(os.pread(self.fd, n, block + idx * n), "big")
+        byte = os.pread(self.fd, 1, block + idx * bits // 8)[0]
+        return byte >> (idx * bits % 8) & ((1 << bits) - 1)
+
+    def set_refcount(self, cluster: int, value: int) -> None:
+        block, idx = self._refcount_slot(cluster, allocate=True)  # type: ignore[misc]
+        bits = self.img.refcount_bits
+        if bits >= 8:
+            n = bits // 8
+            os.pwrite(self.fd, value.to_bytes(n, "big"), block + idx * n)
+            return
+        at = block + idx * bits // 8
+        byte = os.pread(self.fd, 1, at)[0]
+        shift = idx * bits % 8
+        mask = ((1 << bits) - 1) << shift
+        os.pwrite(self.fd, bytes([(byte & ~mask) | (value << shift & mask)]), at)
+
+    def allocate(self) -> int:
+        host = self.end
+        self.end += self.cs
+        os.pwrite(self.fd, bytes(self.cs), host)
+        self.set_refcount(host // self.cs, 1)
+        return host
+
+    def check_owned(self, host: int, what: str) -> None:
+        rc = self.refcount(host // self.cs)
+        if rc != 1:
+            raise UnsupportedError(f"{what} at {host:#x} has refcount {rc}: it is shared, and writing it would "
+                                   "change another snapshot; save with --format stream instead", self.img.path)
+
+
+def save_qcow2(snap: Snapshot, plan: Plan, out: str, new_name: str | None, progress,
+               qemu_img: str | None = None) -> tuple[str, int]:
+    source = snap.source
+    image: Qcow2Image = source.image  # type: ignore[attr-defined]
+    info = source.snapshot  # type: ignore[attr-defined]
+    if image.dirty:
+        raise UnsupportedError("the qcow2 image is marked dirty (open in QEMU, or QEMU was killed): its "
+                               "refcounts cannot be trusted; close QEMU or run 'qemu-img check -r all' first",
+                               snap.path, 72)
+    if image.extended_l2 and plan.size_delta:
+        raise UnsupportedError("growing a vmstate in an extended-L2 qcow2 image is not supported; save with "
+                               "--format stream instead", snap.path, 72)
+    if new_name is not None and len(new_name.encode()) != len(info.name.encode()):
+        raise SaveError("renaming the snapshot is only possible to a name of the same length", out)
+    stream_size = source.size + plan.size_delta
+    first_change = min([o for o, _ in plan.patches] + ([plan.insert_at] if plan.insert_at is not None else []),
+                       default=None)
+    out_dir = os.path.dirname(os.path.abspath(out))
+    total = os.path.getsize(snap.path)
+    with open(snap.path, "rb") as src, AtomicOutput(out) as dst:
+        copy_range(src.fileno(), dst, 0, total, progress, 0, total)
+        dst.flush()
+        if first_change is None and new_name is None:
+            return info.name, total
+        w = _ImageWriter(dst.fileno(), image, out)
+        if first_change is not None:
+            with tempfile.TemporaryFile(dir=out_dir) as tmp:
+                from . import _write_fragmented
+
+                _write_fragmented(snap, plan, tmp, None)
+                tmp.flush()
+                _rewrite_vmstate(w, image, info, image.vm_state_offset(info), tmp.fileno(), first_change,
+                                 stream_size)
+        if stream_size != info.vm_state_size:
+            _set_vm_state_size(w, info, stream_size)
+        if new_name is not None:
+            name_at = info.entry_offset + 40 + len(info.extra_data) + len(info.id.encode())
+            os.pwrite(w.fd, new_name.encode(), name_at)
+        size = max(w.end, os.fstat(w.fd).st_size)
+        os.ftruncate(w.fd, size)
+        os.lseek(w.fd, 0, os.SEEK_END)
+    return new_name or info.name, size
+
+
+def _rewrite_vmstate(w: _ImageWriter, image: Qcow2Image, info, base: int, new_fd: int, start: int,
+                     size: int) -> None:
+    cs = w.cs
+    l2_mask = (1 << image.l2_bits) - 1
+    l1_shift = image.cluster_bits + image.l2_bits
+    pos = start
+    checked_l2: set[int] = set()
+    while pos < size:
+        vpos = base + pos
+        within = vpos & (cs - 1)
+        n = min(cs - within, size - pos)
+        l1_idx = vpos >> l1_shift
+        if l1_idx >= info.l1_size:
+            raise UnsupportedError("the grown vmstate needs a larger L1 table; save with --format stream",
+                                   image.path, info.entry_offset)
+        l1e_at = info.l1_table_offset + 8 * l1_idx
+        l2 = w._u64(l1e_at) & OFFSET_MASK
+        if l2 == 0:
+            raise UnsupportedError("the grown vmstate crosses into a new L2 table; save with --format stream",
+                                   image.path, l1e_at)
+        if l2 not in checked_l2:
+            w.check_owned(l2, "the vmstate L2 table")
+            checked_l2.add(l2)
+        l2e_at = l2 + ((vpos >> image.cluster_bits) & l2_mask) * image.l2_entry_size
+        l2e = w._u64(l2e_at)
+        host = l2e & OFFSET_MASK
+        if host == 0:
+            host = w.allocate()
+            w._put64(l2e_at, host | OFLAG_COPIED)
+        elif within == 0 or pos == start:
+            w.check_owned(host, "a vmstate cluster")
+        data = os.pread(new_fd, n, pos)
+        os.pwrite(w.fd, data, host + within)
+        pos += n
+
+
+def _set_vm_state_size(w: _ImageWriter, info, size: int) -> None:
+    entry = info.entry_offset
+    os.pwrite(w.fd, (size if size < 1 << 32 else 0).to_bytes(4, "big"), entry + 32)
+    if len(info.extra_data) >= 8:
+        os.pwrite(w.fd, size.to_bytes(8, "big"), entry + 40)
