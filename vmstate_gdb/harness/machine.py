@@ -244,8 +244,11 @@ class QemuVM:
 
     # -- monitor -----------------------------------------------------------------------------
 
-    def qmp(self, cmd: str, timeout: float = QMP_COMMAND_TIMEOUT, **args: Any) -> Any:
-        """Run QMP ``cmd`` with ``args`` (use ``**{"command-line": ...}`` for dashed names)."""
+    def qmp(self, cmd: str, /, *, qmp_timeout: float = QMP_COMMAND_TIMEOUT, **args: Any) -> Any:
+        """Run QMP ``cmd`` with ``args`` (use ``**{"command-line": ...}`` for dashed names) and
+        return its ``return`` value; a QMP error or no answer within ``qmp_timeout`` raises
+        QemuError with the console and stderr tails."""
+        timeout = qmp_timeout
         if self._client is None:
             raise QemuError(f"{self.name}: QMP is not connected")
         try:
@@ -257,7 +260,7 @@ class QemuVM:
 
     def hmp(self, text: str, timeout: float = QMP_COMMAND_TIMEOUT) -> str:
         """Run an HMP command through QMP ``human-monitor-command`` and return its output."""
-        return self.qmp("human-monitor-command", timeout=timeout, **{"command-line": text})
+        return self.qmp("human-monitor-command", qmp_timeout=timeout, **{"command-line": text})
 
     def version(self) -> tuple[int, int, int]:
         if self._version is None:

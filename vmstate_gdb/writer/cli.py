@@ -1,0 +1,128 @@
+"""`vmstate patch` and `vmstate resume-cmd`: edits from the command line, without gdb."""
+
+from __future__ import annotations
+
+import sys
+
+from ..devices.nics import format_mac, parse_mac
+from ..errors import EditError
+from ..mac import apply_mac_change, plan_mac_change
+from ..progress import Progress
+from . import save
+from .meta import describe_resume, write_output_meta
+
+
+def _parse_value(text: str) -> int | bytes:
+    t = text.strip()
+    if t.count(":") == 5:
+        return parse_mac(t)
+    try:
+        return int(t, 0)
+    except ValueError:
+        pass
+    if t.startswith("hex:"):
+        t = t[4:]
+    try:
+        return bytes.fromhex(t)
+    except ValueError:
+        raise EditError(f"{text!r} is neither a number, a MAC, nor hex bytes") from None
+
+
+def _split(text: str, sep: str, what: str) -> tuple[str, str]:
+    if sep not in text:
+        raise EditError(f"{what} {text!r} needs the form NAME{sep}VALUE")
+    a, b = text.rsplit(sep, 1) if what == "--set" else text.split(sep, 1)
+    return a.strip(), b.strip()
+
+
+def apply_cli_edits(snap, args, out=sys.stdout) -> dict[str, str]:
+    """Apply --set/--reg/--write/--mac to ``snap``; returns {old mac: new mac} for the resume line."""
+    for item in args.set or ():
+        path, value = _split(item, "=", "--set")
+        where = snap.set_field(path, _parse_value(value))
+        print(f"field {where} = {value}", file=out)
+    for item in args.reg or ():
+        name, value = _split(item, "=", "--reg")
+        cpu = args.cpu
+        if ":" in name:
+            cpu_text, name = name.split(":", 1)
+            cpu = int(cpu_text, 0)
+        try:
+            number = int(value, 0)
+        except ValueError:
+            raise EditError(f"--reg {item!r}: {value!r} is not a number") from None
+        written = snap.set_register(cpu, name.lower(), number)
+        print(f"cpu{cpu} {name} = {number:#x}" + (" (and hflags)" if "hflags" in written else ""), file=out)
+    for item in args.write or ():
+        addr_text, hexdata = _split(item, "=", "--write")
+        try:
+            address = int(addr_text, 0)
+            data = bytes.fromhex(hexdata)
+        except ValueError:
+            raise EditError(f"--write {item!r} needs ADDRESS=HEXBYTES") from None
+        space = snap.physical if args.phys else snap.virtual(args.cpu)
+        space.write(address, data)
+        print(f"{'physical' if args.phys else 'virtual'} {address:#x}: {len(data)} bytes", file=out)
+    macs: dict[str, str] = {}
+    for item in args.mac or ():
+        nic_name, new_text = (item.rsplit("=", 1) if "=" in item else (None, item))
+        change = plan_mac_change(snap, nic_name, parse_mac(new_text), memory=args.memory)
+        for line in change.describe():
+            print(line, file=out)
+        apply_mac_change(snap, change)
+        macs[format_mac(change.old)] = format_mac(change.new)
+    return macs
+
+
+def cmd_patch(args) -> int:
+    from ..cli import _open
+
+    with _open(args) as snap:
+        macs = apply_cli_edits(snap, args)
+        progress = Progress(f"saving {args.out}", enabled=None if not args.quiet else False)
+        result = save(snap, args.out, fmt=args.format, progress=progress, snapshot_name=args.snapshot_name)
+        progress.done()
+        write_output_meta(snap, result, macs)
+        print(result.summary())
+        print(describe_resume(result.path, result.format, result.snapshot_name))
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from ..containers import open_source
+
+    source = open_source(args.snap, args.snapshot)
+    try:
+        kind = "qcow2" if source.kind == "qcow2" else "stream"
+        tag = getattr(getattr(source, "snapshot", None), "name", None)
+    finally:
+        source.close()
+    print(describe_resume(args.snap, kind, tag))
+    return 0
+
+
+def register(sub) -> None:
+    from ..cli import _int
+
+    sp = sub.add_parser("patch", help="apply edits and write a new snapshot", description=(
+        "Apply edits to SNAP and write OUT, which QEMU resumes. Repeat options to make several edits."))
+    sp.add_argument("snap", metavar="SNAP")
+    sp.add_argument("out", metavar="OUT")
+    sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
+    sp.add_argument("--offset", type=_int, default=None)
+    sp.add_argument("--max-ram-below-4g", type=_int, default=None)
+    sp.add_argument("--set", action="append", metavar="PATH=VALUE", help="a device field (vmstate devices)")
+    sp.add_argument("--mac", action="append", metavar="[NIC=]MAC", help="change a NIC's MAC in device state")
+    sp.add_argument("--memory", action="store_true", help="with --mac: also every copy of the old MAC in RAM")
+    sp.add_argument("--write", action="append", metavar="ADDR=HEX", help="write bytes to guest memory")
+    sp.add_argument("--phys", action="store_true", help="--write addresses are guest-physical")
+    sp.add_argument("--cpu", type=int, default=0, help="vCPU for --write translation and --reg")
+    sp.add_argument("--reg", action="append", metavar="[CPU:]NAME=VALUE", help="a vCPU register (rax, rip, cr3...)")
+    sp.add_argument("--format", choices=("stream", "qcow2"), help="output kind (default: as the input)")
+    sp.add_argument("--snapshot-name", help="qcow2: rename the edited snapshot (same length)")
+    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.set_defaults(func=cmd_patch, json=False)
+    sp = sub.add_parser("resume-cmd", help="print the QEMU command that resumes a snapshot")
+    sp.add_argument("snap", metavar="SNAP")
+    sp.add_argument("-s", "--snapshot")
+    sp.set_defaults(func=cmd_resume)
