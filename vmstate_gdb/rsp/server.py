@@ -1,0 +1,405 @@
+"""The gdb remote-protocol server over a Snapshot: registers, memory, vCPUs as threads, edits.
+
+Every write goes to the snapshot's edit overlay; the file is never written. A snapshot cannot run,
+so continue/step print a console message and report the same stop again.
+
+Besides the standard packets, ``qvmstate.OP[:HEXJSON]`` packets carry the gdb-side commands
+(`vmstate-devices`, `vmstate-set`, ...): the argument and the reply are hex-encoded JSON, the
+reply ``{"result": ...}`` or ``{"error": "one line"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+
+from ..errors import AddressError, EditError, VmstateError
+from ..memory import PhysicalMemory, VirtualMemory
+from ..snapshot import Snapshot
+from . import registers as regs
+from .monitor import run_monitor
+from .protocol import INTERRUPT, PacketConnection, escape_binary, unescape_binary
+
+PACKET_SIZE = 0x40000  # advertised PacketSize: 128 KiB of memory per m reply
+SIGTRAP = 5
+EFAULT = b"E0e"  # gdb prints "Cannot access memory at address ..." for any error reply to m
+STEPBITS = b"ENABLE=1,NOIRQ=2,NOTIMER=4"  # what QEMU answers to qqemu.sstepbits
+CANNOT_RUN = ("vmstate_gdb: a snapshot cannot run; the vCPUs stay where they stopped. Edit registers "
+              "and memory here, then `vmstate-save OUT` and resume OUT in QEMU.\n")
+
+
+def _hex_json(value) -> bytes:
+    return json.dumps(value).encode().hex().encode()
+
+
+class SnapshotServer:
+    """Answers packets for one snapshot; :meth:`serve` runs a client connection to its end."""
+
+    def __init__(self, snap: Snapshot, log: Callable[[str], None] | None = None):
+        self.snap = snap
+        self.log = log
+        self.thread = 1  # Hg thread: vCPU thread-1
+        self.physical_mode = False
+        self.stepbits = 0
+        self._virtual: dict[int, tuple[int, VirtualMemory]] = {}
+        self.detached = False
+        self.killed = False
+        from .vmstate_ops import OPERATIONS  # the qvmstate.* handlers
+
+        self.operations = OPERATIONS
+
+    # -- state --------------------------------------------------------------------------------
+
+    def cpu_index(self) -> int:
+        return self.thread - 1
+
+    def current_cpu(self):
+        return self.snap.cpu(self.cpu_index())
+
+    def virtual(self, cpu_index: int | None = None) -> VirtualMemory:
+        i = self.cpu_index() if cpu_index is None else cpu_index
+        gen = self.snap.edits.generation
+        cached = self._virtual.get(i)
+        if cached is None or cached[0] != gen:
+            cached = (gen, self.snap.virtual(i))
+            self._virtual[i] = cached
+        return cached[1]
+
+    def space(self) -> PhysicalMemory | VirtualMemory:
+        return self.snap.physical if self.physical_mode else self.virtual()
+
+    def threads(self) -> list[int]:
+        return [c.index + 1 for c in self.snap.cpus]
+
+    def stop_reply(self, signal: int = SIGTRAP) -> bytes:
+        return b"T%02xthread:%02x;" % (signal, self.thread)
+
+    def describe_text(self) -> str:
+        from .vmstate_ops import describe
+
+        return describe(self)["text"]
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def serve(self, sock: socket.socket) -> None:
+        conn = PacketConnection(sock)
+        while not (self.detached or self.killed):
+            packet = conn.read()
+            if packet is None:
+                return
+            if packet == INTERRUPT:
+                conn.send(self.stop_reply())
+                continue
+            for reply in self.handle(packet, conn):
+                conn.send(reply)
+            if packet == b"QStartNoAckMode":
+                conn.ack = False  # after the OK, which is still acknowledged
+
+    def handle(self, packet: bytes, conn: PacketConnection | None = None) -> list[bytes]:
+        """The reply packets for one request (console 'O' packets first, then the reply)."""
+        if self.log:
+            self.log(f"<- {packet[:200]!r}")
+        try:
+            replies = self._dispatch(packet, conn)
+        except VmstateError as e:
+            replies = [b"E." + str(e).encode(errors="replace")[:400]]
+        except Exception as e:  # a bug here must not kill the session
+            if self.log:
+                self.log(traceback.format_exc())
+            replies = [b"E." + f"internal error: {type(e).__name__}: {e}".encode(errors="replace")[:400]]
+        if self.log:
+            for r in replies:
+                self.log(f"-> {r[:200]!r}")
+        return replies
+
+    def _dispatch(self, p: bytes, conn: PacketConnection | None) -> list[bytes]:
+        c = p[:1]
+        if c == b"m":
+            return [self._read_memory(p[1:])]
+        if c == b"M":
+            return [self._write_memory_hex(p[1:])]
+        if c == b"X":
+            return [self._write_memory_binary(p[1:])]
+        if c == b"g":
+            return [regs.encode_all(self.current_cpu()).hex().encode()]
+        if c == b"G":
+            return [self._write_all_registers(bytes.fromhex(p[1:].decode()))]
+        if c == b"p":
+            n = int(p[1:], 16)
+            if n >= len(regs.REGISTERS):
+                return [b"E00"]
+            return [regs.encode_register(self.current_cpu(), regs.REGISTERS[n]).hex().encode()]
+        if c == b"P":
+            num, _, val = p[1:].partition(b"=")
+            return [self._write_register(int(num, 16), bytes.fromhex(val.decode()))]
+        if c == b"H":
+            return [self._set_thread(p[2:])]
+        if c == b"T":
+            return [b"OK" if self._parse_thread(p[1:]) in self.threads() else b"E22"]
+        if c == b"?":
+            return [self.stop_reply()]
+        if c in (b"c", b"s", b"C", b"S") or p.startswith(b"vCont;"):
+            # Signal 0 ("stopped"), not SIGTRAP: a step that did not move must end gdb's stepping
+            # loop instead of being retried forever.
+            return [b"O" + CANNOT_RUN.encode().hex().encode(), self.stop_reply(0)]
+        if p == b"vCont?":
+            return [b"vCont;c;C;s;S"]
+        if c == b"k" or p.startswith(b"vKill"):
+            self.killed = True
+            return [b"OK"] if p.startswith(b"vKill") else []
+        if c == b"D":
+            self.detached = True
+            return [b"OK"]
+        if c == b"q" or c == b"Q":
+            return [self._query(p)]
+        if c in (b"Z", b"z"):
+            return [b""]  # no breakpoints: nothing runs to hit them
+        if p == b"vMustReplyEmpty":
+            return [b""]
+        return [b""]
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def _query(self, p: bytes) -> bytes:
+        if p.startswith(b"qSupported"):
+            return (b"PacketSize=%x;qXfer:features:read+;QStartNoAckMode+;qSearch:memory+;"
+                    b"vContSupported+" % PACKET_SIZE)
+        if p == b"QStartNoAckMode":
+            return b"OK"
+        if p.startswith(b"qXfer:features:read:"):
+            annex, _, span = p[len(b"qXfer:features:read:"):].partition(b":")
+            if annex != b"target.xml":
+                return b"E00"
+            off, _, length = span.partition(b",")
+            return self._xfer(regs.target_xml().encode(), int(off, 16), int(length, 16))
+        if p == b"qfThreadInfo":
+            return b"m" + b",".join(b"%02x" % t for t in self.threads())
+        if p == b"qsThreadInfo":
+            return b"l"
+        if p == b"qC":
+            return b"QC%02x" % self.thread
+        if p.startswith(b"qThreadExtraInfo,"):
+            t = self._parse_thread(p[len(b"qThreadExtraInfo,"):])
+            cpu = self.snap.cpu(t - 1)
+            text = f"CPU#{cpu.index} [{'halted ' if cpu.halted else 'running'}] {cpu.cpu_mode}"
+            return text.encode().hex().encode()
+        if p.startswith(b"qAttached"):
+            return b"1"
+        if p == b"qOffsets":
+            return b""  # QEMU's system-mode gdbstub does not answer qOffsets either
+        if p.startswith(b"qSymbol"):
+            return b"OK"
+        if p == b"qTStatus":
+            return b""
+        if p.startswith(b"qRcmd,"):
+            command = bytes.fromhex(p[len(b"qRcmd,"):].decode()).decode(errors="replace")
+            try:
+                text = run_monitor(self, command)
+            except VmstateError as e:
+                text = f"{e}\n"
+            return text.encode().hex().encode() if text else b"OK"
+        if p.startswith(b"qSearch:memory:"):
+            return self._search(p[len(b"qSearch:memory:"):])
+        if p == b"qqemu.sstepbits":
+            return STEPBITS
+        if p.startswith(b"Qqemu.sstepbits="):
+            self.stepbits = int(p.split(b"=", 1)[1], 16)
+            return b"OK"
+        if p == b"qqemu.PhyMemMode":
+            return b"1" if self.physical_mode else b"0"
+        if p.startswith(b"Qqemu.PhyMemMode:"):
+            self.physical_mode = p.endswith(b":1")
+            return b"OK"
+        if p.startswith(b"qvmstate."):
+            return self._vmstate_op(p[len(b"qvmstate."):])
+        return b""
+
+    @staticmethod
+    def _xfer(data: bytes, offset: int, length: int) -> bytes:
+        chunk = data[offset:offset + length]
+        return (b"m" if offset + length < len(data) else b"l") + escape_binary(chunk)
+
+    def _vmstate_op(self, body: bytes) -> bytes:
+        name, _, arg = body.partition(b":")
+        op = self.operations.get(name.decode())
+        if op is None:
+            return _hex_json({"error": f"unknown vmstate operation {name.decode()!r}"})
+        try:
+            args = json.loads(bytes.fromhex(arg.decode())) if arg else {}
+            return _hex_json({"result": op(self, **args)})
+        except VmstateError as e:
+            return _hex_json({"error": str(e)})
+        except (OSError, ValueError, TypeError) as e:
+            return _hex_json({"error": f"{type(e).__name__}: {e}"})
+
+    # -- threads ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_thread(text: bytes) -> int:
+        text = text.split(b".")[-1]  # multiprocess form p1.2
+        return int(text, 16) if text not in (b"-1", b"0", b"") else 0
+
+    def _set_thread(self, text: bytes) -> bytes:
+        t = self._parse_thread(text)
+        if t == 0:  # "any" / "all": keep the current one
+            return b"OK"
+        if t not in self.threads():
+            return b"E22"
+        self.thread = t
+        return b"OK"
+
+    # -- memory -------------------------------------------------------------------------------
+
+    def _read_memory(self, args: bytes) -> bytes:
+        addr_s, _, len_s = args.partition(b",")
+        address, length = int(addr_s, 16), int(len_s, 16)
+        return self.read_memory(address, length).hex().encode() or EFAULT
+
+    def read_memory(self, address: int, length: int) -> bytes:
+        """What gdb gets: the bytes, or as many as are readable from the start (maybe none)."""
+        space = self.space()
+        try:
+            return space.read(address, length)
+        except AddressError:
+            pass
+        out = bytearray()
+        while length > 0:  # page by page up to the first hole
+            n = min(length, 0x1000 - (address & 0xFFF))
+            try:
+                out += space.read(address, n)
+            except AddressError:
+                break
+            address = (address + n) & 0xFFFFFFFFFFFFFFFF
+            length -= n
+        return bytes(out)
+
+    def _write(self, address: int, data: bytes) -> bytes:
+        try:
+            self.space().write(address, data)
+        except AddressError:
+            return EFAULT
+        return b"OK"
+
+    def _write_memory_hex(self, args: bytes) -> bytes:
+        head, _, data = args.partition(b":")
+        addr_s, _, _len = head.partition(b",")
+        return self._write(int(addr_s, 16), bytes.fromhex(data.decode()))
+
+    def _write_memory_binary(self, args: bytes) -> bytes:
+        head, _, data = args.partition(b":")
+        addr_s, _, len_s = head.partition(b",")
+        data = unescape_binary(data)
+        if int(len_s, 16) == 0:
+            return b"OK"  # gdb's probe for X support
+        return self._write(int(addr_s, 16), data)
+
+    def _search(self, args: bytes) -> bytes:
+        addr_s, _, rest = args.partition(b";")
+        len_s, _, pattern = rest.partition(b";")
+        start, length = int(addr_s, 16), int(len_s, 16)
+        hit = self.search(start, length, unescape_binary(pattern))
+        return b"0" if hit is None else b"1,%x" % hit
+
+    def search(self, start: int, length: int, pattern: bytes) -> int | None:
+        from .search import search_virtual
+
+        end = start + length
+        if self.physical_mode:
+            return self.snap.physical.search(pattern, start, end)
+        return search_virtual(self.virtual(), pattern, start, end)
+
+    # -- registers ----------------------------------------------------------------------------
+
+    def _write_all_registers(self, data: bytes) -> bytes:
+        cpu = self.current_cpu()
+        pos = 0
+        for reg in regs.REGISTERS:
+            size = reg.bits // 8
+            chunk = data[pos:pos + size]
+            pos += size
+            if len(chunk) < size:
+                break
+            if chunk != regs.encode_register(cpu, reg):
+                self.write_register(reg, int.from_bytes(chunk, "little"))
+                cpu = self.current_cpu()
+        return b"OK"
+
+    def _write_register(self, number: int, data: bytes) -> bytes:
+        if number >= len(regs.REGISTERS):
+            return b"E00"
+        reg = regs.REGISTERS[number]
+        self.write_register(reg, int.from_bytes(data[:reg.bits // 8], "little"))
+        return b"OK"
+
+    def write_register(self, reg: regs.Register, value: int) -> None:
+        cpu = self.current_cpu()
+        writes = regs.fields_for_write(cpu, reg, value)
+        if writes is None:
+            if reg.name == "cr8":
+                self._write_cr8(cpu, value)
+                return
+            self._load_segment(cpu, reg.name, value & 0xFFFF)
+            return
+        for name, field_value in writes:
+            self.snap.set_register(cpu.index, name, field_value)
+
+    def _write_cr8(self, cpu, value: int) -> None:
+        # CR8 is the APIC's task priority (bits 7:4 of TPR), which lives in the apic device state.
+        for key in (f"apic[{cpu.index}]", "apic" if cpu.index == 0 else None):
+            if key is None:
+                continue
+            try:
+                self.snap.set_field(f"{key}/tpr", (value & 0xF) << 4)
+                return
+            except EditError:
+                continue
+        raise EditError(f"cr8: no APIC state for vCPU {cpu.index} in this snapshot")
+
+    def _load_segment(self, cpu, name: str, selector: int) -> None:
+        """A new selector also loads the hidden descriptor cache, as the CPU (and QEMU's gdbstub)
+        would: from selector<<4 in real/vm86 mode, else from the GDT or LDT."""
+        if selector == cpu[f"{name}.selector"]:
+            return
+        if not cpu["cr0"] & 1 or cpu["eflags"] & (1 << 17):
+            dpl = 3 if cpu["eflags"] & (1 << 17) else 0
+            base, limit, flags = selector << 4, 0xFFFF, (1 << 15) | (1 << 12) | (1 << 9) | (1 << 8) | dpl << 13
+        else:
+            table = cpu["ldt.base"] if selector & 4 else cpu["gdt.base"]
+            table_limit = cpu["ldt.limit"] if selector & 4 else cpu["gdt.limit"]
+            index = selector & ~7
+            if index + 7 > table_limit:
+                raise EditError(f"selector {selector:#x} is outside the {'LDT' if selector & 4 else 'GDT'}")
+            read = self.virtual(cpu.index).read if cpu.paging_mode != "none" else self.snap.physical.read
+            lo, hi = (int.from_bytes(read(table + index + k, 4), "little") for k in (0, 4))
+            base = (lo >> 16) | (hi & 0xFF) << 16 | (hi & 0xFF000000)
+            limit = (lo & 0xFFFF) | (hi & 0xF0000)
+            if hi & (1 << 23):
+                limit = limit << 12 | 0xFFF
+            flags = hi & 0x00F0FF00
+        for field, value in (("selector", selector), ("base", base), ("limit", limit), ("flags", flags)):
+            self.snap.set_register(cpu.index, f"{name}.{field}", value)
+
+
+def serve_socket(snap: Snapshot, listener: socket.socket, once: bool = True,
+                 log: Callable[[str], None] | None = None) -> None:
+    """Accept clients on ``listener``; with ``once``, return after the first one leaves."""
+    while True:
+        conn, _ = listener.accept()
+        server = SnapshotServer(snap, log)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1) if conn.family != socket.AF_UNIX else None
+            server.serve(conn)
+        except (ConnectionError, OSError) as e:
+            if log:
+                log(f"connection ended: {e}")
+        finally:
+            conn.close()
+        if once or server.killed:
+            return
+
+
+def _stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

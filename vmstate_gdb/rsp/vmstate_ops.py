@@ -1,0 +1,234 @@
+"""The `qvmstate.*` operations behind the gdb-side commands. Each takes keyword arguments from the
+request's JSON and returns a JSON-able result; a VmstateError becomes the reply's one-line error.
+
+All formatting for people happens here, in the server: the gdb side only prints the text.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..devices.fields import Array, Leaf, Node
+from ..devices.nics import format_mac, mac_patches, parse_mac
+from ..errors import EditError, VmstateError
+
+if TYPE_CHECKING:
+    from .server import SnapshotServer
+
+try:
+    from ..devices.format import format_value
+except ImportError:  # pragma: no cover - the formatter module is optional
+    def format_value(node: Leaf, value, limit: int = 64) -> str:  # type: ignore[misc]
+        if isinstance(value, int):
+            return f"{value:#x}" if value < 0 or value > 9 else str(value)
+        return format_mac(value) if node.size == 6 and "mac" in node.name else value.hex()
+
+
+def _nics(server: SnapshotServer) -> list[dict]:
+    return [n.describe() for n in server.snap.nics()]
+
+
+def facts(server: SnapshotServer) -> dict:
+    """The headline facts, for the convenience variables set on open."""
+    snap = server.snap
+    return {"path": snap.path, "ncpus": snap.ncpus, "nics": _nics(server),
+            "machine_type": snap.index.machine_type}
+
+
+def describe(server: SnapshotServer) -> dict:
+    snap = server.snap
+    lines = [f"snapshot: {snap.path} ({snap.source.kind}, machine {snap.index.machine_type or '?'})"]
+    ram = sum(b.used_length for b in snap.index.ram.blocks.values())
+    lines.append(f"RAM blocks: {len(snap.index.ram.blocks)}, {ram >> 20} MiB")
+    for cpu in snap.cpus:
+        mark = "*" if cpu.index == server.cpu_index() else " "
+        lines.append(f"{mark} vCPU {cpu.index} (thread {cpu.index + 1}): {cpu.cpu_mode} mode, "
+                     f"{cpu.paging_mode} paging, rip={cpu['rip']:#x}{', halted' if cpu.halted else ''}")
+    lines.append(f"memory accesses: {'guest-physical' if server.physical_mode else 'virtual (selected vCPU)'}")
+    for nic in _nics(server):
+        lines.append(f"NIC {nic['name']} ({nic['model']}): {nic['mac']}")
+    edits = snap.edits
+    if not edits:
+        lines.append("pending edits: none")
+    else:
+        lines.append(f"pending edits: {len(edits.pages)} RAM page(s), {len(edits.patches)} field(s)")
+        for p in edits.patches:
+            lines.append(f"  {p.what}")
+    return {"text": "\n".join(lines) + "\n", "edited": bool(edits), "pages": len(edits.pages),
+            "fields": [p.what for p in edits.patches]}
+
+
+# -- device tree ------------------------------------------------------------------------------
+
+
+def _render(server: SnapshotServer, node: Node, lines: list[str], indent: int, depth: int) -> None:
+    snap = server.snap
+    pad = "  " * indent
+    if isinstance(node, Leaf):
+        lines.append(f"{pad}{node.name} = {format_value(node, node.value(snap.read_stream))}   "
+                     f"[{node.type}, {node.size} bytes]")
+        return
+    if isinstance(node, Array):
+        if depth <= 0 or node.count > 64:
+            lines.append(f"{pad}{node.name}: {node.count} x {node.element_size} bytes"
+                         + (" (name an element, e.g. [0])" if node.count > 64 else ""))
+            return
+        lines.append(f"{pad}{node.name}: {node.count} x {node.element_size} bytes")
+        for i in range(node.count):
+            _render(server, node.element(i), lines, indent + 1, depth - 1)
+        return
+    vmsd = getattr(node, "vmsd_name", None)
+    lines.append(f"{pad}{node.name}: {node.type}{' ' + vmsd if vmsd else ''} ({node.size} bytes)")
+    if depth > 0:
+        for c in node.children():
+            _render(server, c, lines, indent + 1, depth - 1)
+
+
+def devices(server: SnapshotServer, path: str = "", depth: int = 8) -> dict:
+    tree = server.snap.devices
+    if not path:
+        lines = [f"{d.key:<44} {d.model:<22} {d.section.body_size:>8} bytes"
+                 f"{'' if d.root.vmsd_name else '  (raw)'}" for d in tree.devices]
+        return {"text": "\n".join(lines) + "\n"}
+    lines: list[str] = []
+    _render(server, tree.resolve(path), lines, 0, depth)
+    return {"text": "\n".join(lines) + "\n"}
+
+
+def complete(server: SnapshotServer, prefix: str = "") -> list[str]:
+    return server.snap.devices.complete(prefix)
+
+
+def field(server: SnapshotServer, path: str) -> dict:
+    """One leaf's value: an integer as {"int"}, a buffer as {"bytes": hex} (MACs also {"mac"})."""
+    snap = server.snap
+    node = snap.devices.resolve(path)
+    if not isinstance(node, Leaf):
+        raise EditError(f"{node.path} is a group of fields, not one value (see `vmstate-devices {path}`)")
+    value = node.value(snap.read_stream)
+    out = {"path": node.path, "type": node.type, "size": node.size, "text": format_value(node, value)}
+    if isinstance(value, int):
+        out["int"] = value
+        out["signed"] = node.signed
+    else:
+        out["bytes"] = value.hex()
+    return out
+
+
+def parse_value(node: Leaf, text: str) -> int | bytes:
+    text = text.strip()
+    if node.is_integer:
+        if text in ("true", "false") and node.type == "bool":
+            return int(text == "true")
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise EditError(f"{text!r} is not an integer (for {node.path}, {node.type})") from None
+    if node.size == 6 and ":" in text:
+        return parse_mac(text)
+    try:
+        return bytes.fromhex(text.removeprefix("0x").replace(" ", ""))
+    except ValueError:
+        raise EditError(f"{node.path} is a {node.size}-byte buffer: give hex bytes") from None
+
+
+def set_field(server: SnapshotServer, path: str, value: str) -> dict:
+    snap = server.snap
+    node = snap.devices.resolve(path)
+    if not isinstance(node, Leaf):
+        raise EditError(f"{node.path} is a group of fields; name one of its fields")
+    old = format_value(node, node.value(snap.read_stream))
+    written = snap.set_field(path, parse_value(node, value))
+    new = format_value(node, node.value(snap.read_stream))
+    return {"text": f"{written}: {old} -> {new}\n"}
+
+
+# -- NICs -------------------------------------------------------------------------------------
+
+
+def mac(server: SnapshotServer, nic: str | None = None, new: str | None = None, memory: bool = False) -> dict:
+    snap = server.snap
+    nics = snap.nics()
+    if not nics:
+        raise EditError("this snapshot has no NIC of a known model (e1000, e1000e, rtl8139, virtio-net)")
+    if nic is None:
+        chosen = nics
+    else:
+        chosen = [n for n in nics if nic in (n.name, n.model) or n.name.endswith("/" + nic)]
+        if not chosen:
+            raise EditError(f"no NIC {nic!r}; NICs: {', '.join(n.name for n in nics)}")
+    if new is None:
+        return {"text": "".join(f"{n.name} ({n.model}): {format_mac(n.mac)}\n" for n in chosen)}
+    if len(chosen) > 1:
+        raise EditError(f"{len(chosen)} NICs; name one: {', '.join(n.name for n in chosen)}")
+    target = chosen[0]
+    new_mac = parse_mac(new)
+    old_mac = target.mac
+    lines = [f"{target.name} ({target.model}): {format_mac(old_mac)} -> {format_mac(new_mac)}"]
+    hits: list[int] = []
+    if memory and old_mac and any(old_mac):
+        hits = _find_all(snap, old_mac)
+    for offset, data, what in mac_patches(snap, target, new_mac):
+        snap.edits.patch(offset, data, f"{what} (MAC)")
+        lines.append(f"  device state: {what}")
+    for address in hits:
+        lines.append(f"  guest RAM: physical {address:#x}")
+        snap.physical.write(address, new_mac)
+    if memory and not hits:
+        lines.append("  guest RAM: the old MAC does not occur")
+    return {"text": "\n".join(lines) + "\n", "memory_hits": hits}
+
+
+def _find_all(snap, pattern: bytes, limit: int = 4096) -> list[int]:
+    hits = []
+    for r in snap.physical.ranges:
+        if r.kind != "ram":
+            continue
+        at = r.start
+        while len(hits) < limit:
+            hit = snap.physical.search(pattern, at, r.end)
+            if hit is None:
+                break
+            hits.append(hit)
+            at = hit + 1
+    return hits
+
+
+# -- edits, save, mode ------------------------------------------------------------------------
+
+
+def revert(server: SnapshotServer) -> dict:
+    edits = server.snap.edits
+    n_pages, n_fields = len(edits.pages), len(edits.patches)
+    edits.clear()
+    return {"text": f"dropped {n_pages} RAM page(s) and {n_fields} field edit(s)\n"}
+
+
+def save(server: SnapshotServer, out: str) -> dict:
+    try:
+        from ..writer import save as write_snapshot
+    except ImportError:
+        raise VmstateError("saving is not available yet in this build (vmstate_gdb.writer is missing)") from None
+    result = write_snapshot(server.snap, out)
+    summary = result.summary() if hasattr(result, "summary") else f"wrote {out}"
+    return {"text": summary + "\n"}
+
+
+def phys(server: SnapshotServer, on: bool | None = None) -> dict:
+    if on is not None:
+        server.physical_mode = bool(on)
+    return {"physical": server.physical_mode}
+
+
+OPERATIONS = {
+    "facts": facts,
+    "describe": describe,
+    "devices": devices,
+    "complete": complete,
+    "field": field,
+    "set": set_field,
+    "mac": mac,
+    "revert": revert,
+    "save": save,
+    "phys": phys,
+}
