@@ -127,6 +127,10 @@ class _Walker:
         if vmdesc is None:
             idx.warnings.append("no VMDESCRIPTION trailer: device sections are listed as raw bytes")
         self._sections(idx, device_entries(vmdesc))
+        trailing = cur.size - idx.eof_offset - 1
+        if trailing and vmdesc_offset is None:
+            idx.warnings.append(f"{trailing} bytes after EOF are not a complete VMDESCRIPTION (truncated?); "
+                                "QEMU ignores them")
         return idx
 
     def _configuration(self) -> tuple[str, list[str], int | None, int | None]:

@@ -1,0 +1,168 @@
+"""The stream index on synthetic streams: record semantics, edge cases, and every way to be broken."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from streamgen import PS, XBZRLE, StreamBuilder, simple_stream
+
+from vmstate_gdb.devices.tree import DeviceTree
+from vmstate_gdb.errors import FormatError, UnsupportedError, VmstateError
+from vmstate_gdb.stream.index import index_stream
+from vmstate_gdb.stream.ram import PAGE_ABSENT, PAGE_ZERO
+
+pytestmark = pytest.mark.unit
+
+
+def idx_of(data: bytes):
+    return index_stream(memoryview(data), "test.mig")
+
+
+def page(data: bytes, idx, block: str, n: int) -> bytes:
+    loc = idx.ram.blocks[block].pages[n]
+    return bytes(PS) if loc in (PAGE_ZERO, PAGE_ABSENT) else data[loc:loc + PS]
+
+
+def test_last_record_wins_across_chunks_and_continue():
+    data = simple_stream()
+    idx = idx_of(data)
+    assert idx.machine_type == "pc-i440fx-7.2"
+    assert page(data, idx, "pc.ram", 0) == b"A" * PS
+    assert idx.ram.blocks["pc.ram"].pages[1] == PAGE_ZERO
+    assert page(data, idx, "pc.ram", 2) == b"D" * PS  # repeated: the later copy
+    assert idx.ram.blocks["pc.ram"].pages[3] == PAGE_ZERO  # PAGE then ZERO: zero
+    assert page(data, idx, "pc.bios", 0) == b"R" * PS
+    assert [s.idstr for s in idx.devices] == ["timer", "0000:00:03.0/nicdev"]
+
+
+def test_never_sent_page_is_absent():
+    b = StreamBuilder().ram_start({"pc.ram": 2 * PS})
+    b.ram_chunk([("page", "pc.ram", 0, b"x" * PS)], end=True)
+    idx = idx_of(b.finish())
+    assert idx.ram.blocks["pc.ram"].pages[1] == PAGE_ABSENT
+
+
+def test_device_tree_values_and_offsets():
+    data = simple_stream()
+    idx = idx_of(data)
+    tree = DeviceTree(idx, lambda o, n: data[o:o + n])
+    timer = tree.resolve("timer/offset")
+    assert timer.value(tree.read) == -5
+    mac = tree.resolve("nicdev/mac")
+    assert data[mac.offset:mac.offset + 6] == bytes.fromhex("525400123456")
+    assert tree.resolve("0000:00:03.0/nicdev/regs").value(tree.read) == 7
+
+
+def test_without_vmdesc_sections_are_found_by_their_footers():
+    data = simple_stream(vmdesc=False)
+    idx = idx_of(data)
+    assert idx.vmdesc is None
+    assert [s.body_size for s in idx.devices] == [9, 10]
+    tree = DeviceTree(idx, lambda o, n: data[o:o + n])
+    assert tree.resolve("timer/data").size == 9
+
+
+def test_switchover_start_is_accepted_other_commands_are_refused():
+    b = StreamBuilder().ram_start({"pc.ram": PS})
+    b.ram_chunk([("zero", "pc.ram", 0)]).command(11)
+    b.ram_chunk([], end=True)
+    idx = idx_of(b.finish())
+    assert [c.name for c in idx.commands] == ["SWITCHOVER_START"]
+    b = StreamBuilder().command(3, bytes(16))
+    with pytest.raises(UnsupportedError, match="POSTCOPY_ADVISE"):
+        idx_of(b.finish())
+
+
+def test_xbzrle_is_refused_with_offset():
+    b = StreamBuilder().ram_start({"pc.ram": PS})
+    rec = struct.pack(">Q", 0 | XBZRLE) + b"\x06pc.ram" + b"\x01\x00\x02\x00\x00"
+    b.ram_chunk([rec], end=True)
+    data = b.finish()
+    with pytest.raises(UnsupportedError, match=r"test.mig: at byte 0x[0-9a-f]+: RAM: XBZRLE"):
+        idx_of(data)
+
+
+def test_unknown_block_and_bad_offset():
+    b = StreamBuilder().ram_start({"pc.ram": PS})
+    b.ram_chunk([("page", "nope", 0, b"x" * PS)], end=True)
+    with pytest.raises(FormatError, match="unknown block 'nope'"):
+        idx_of(b.finish())
+    b = StreamBuilder().ram_start({"pc.ram": PS})
+    b.ram_chunk([("page", "pc.ram", 5 * PS, b"x" * PS)], end=True)
+    with pytest.raises(FormatError, match="outside block"):
+        idx_of(b.finish())
+
+
+def test_iterative_sections_other_than_ram_are_refused():
+    b = StreamBuilder()
+    b.out += b"\x01" + struct.pack(">I", 1) + b"\x05block" + struct.pack(">II", 0, 1)
+    with pytest.raises(UnsupportedError, match="iterative section 'block'"):
+        idx_of(b.finish(vmdesc=False))
+
+
+def test_wrong_magic_and_v2():
+    with pytest.raises(FormatError, match="not a QEMU migration stream"):
+        idx_of(b"NOPE" + bytes(20))
+    with pytest.raises(UnsupportedError, match="version 2"):
+        idx_of(b"QEVM\x00\x00\x00\x02" + bytes(8))
+
+
+def test_mapped_ram_layout():
+    """A mapped-ram stream built as QEMU lays it out: header, bitmap, pages at 1 MiB-aligned offsets."""
+    b = StreamBuilder(caps=["mapped-ram"])
+    out = b.out
+    out += b"\x01" + struct.pack(">I", 1) + b"\x03ram" + struct.pack(">II", 0, 4)
+    out += struct.pack(">Q", 4 * PS | 0x04) + b"\x06pc.ram" + struct.pack(">Q", 4 * PS)
+    header_at = len(out)
+    bitmap_at = header_at + 28
+    pages_at = 1 << 20
+    out += struct.pack(">IQQQ", 1, PS, bitmap_at, pages_at)
+    out += bytes([0b0101]) + bytes(7)  # pages 0 and 2 present
+    out += bytes(pages_at - len(out))
+    out += b"P" * PS + bytes(PS) + b"Q" * PS + bytes(PS)
+    out += struct.pack(">Q", 0x10) + b"\x7e" + struct.pack(">I", 1)
+    out += b"\x03" + struct.pack(">I", 1) + struct.pack(">Q", 0x10) + b"\x7e" + struct.pack(">I", 1)
+    data = b.finish(vmdesc=False)
+    idx = idx_of(data)
+    blk = idx.ram.blocks["pc.ram"]
+    assert blk.mapped_ram is not None
+    assert page(data, idx, "pc.ram", 0) == b"P" * PS
+    assert blk.pages[1] == PAGE_ZERO
+    assert page(data, idx, "pc.ram", 2) == b"Q" * PS
+
+
+def _boundaries(data: bytes) -> list[int]:
+    idx = idx_of(data)
+    points = {0, 4, 8, idx.eof_offset, len(data) - 1}
+    for s in idx.sections:
+        points |= {s.header_offset, s.body_offset, s.body_end, s.body_end + 1}
+    return sorted(p for p in points if 0 <= p < len(data))
+
+
+@pytest.mark.parametrize("cut", _boundaries(simple_stream()))
+def test_truncation_at_every_section_boundary_is_one_clear_error(cut):
+    full = simple_stream()
+    data = full[:cut]
+    if cut > idx_of(full).eof_offset:  # only the JSON trailer is cut: QEMU loads it, we warn
+        assert any("after EOF" in w for w in idx_of(data).warnings)
+        return
+    with pytest.raises(VmstateError) as exc:
+        idx_of(data)
+    assert "test.mig" in str(exc.value) and "\n" not in str(exc.value)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_bit_flips_never_escape_as_other_exceptions(data):
+    raw = bytearray(simple_stream())
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+    try:
+        idx = idx_of(bytes(raw))
+        DeviceTree(idx, lambda o, n: bytes(raw[o:o + n]))
+    except VmstateError as e:
+        assert "\n" not in str(e)
