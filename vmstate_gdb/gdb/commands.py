@@ -1,0 +1,280 @@
+"""gdb commands over the open snapshot. Each is one gdb.Command; its docstring is its `help`.
+
+Every failure is one gdb error line (gdb.GdbError), never a traceback; gdb stays usable.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+
+import gdb  # type: ignore[import-not-found]
+
+from .session import SESSION
+
+OVERVIEW = """The vmstate_gdb commands: a QEMU snapshot as a gdb target.
+
+  vmstate-open SNAPSHOT [--snapshot NAME]   open a migration stream, libvirt save or qcow2 savevm
+  vmstate-close                             end the session (the file is never written)
+  info vmstate                              file, vCPUs, memory mode and pending edits
+  vmstate-devices [PATH]                    device tree, a device, a subtree or one field
+  vmstate-set PATH VALUE                    edit a device field (same size, validated)
+  vmstate-mac [NIC] [NEW_MAC] [--memory]    show a NIC's MAC, or change every copy of it
+  vmstate-revert                            drop every pending edit
+  vmstate-save OUT                          write a new snapshot with the edits
+  $vmstate_dev("PATH"), $vmstate_dev_str("PATH")   a device field as a value / as text
+  $vmstate_ncpus, $vmstate_nics, $vmstate_mac0...  set on open
+  monitor help                              the server's monitor commands (info registers,
+                                            info mem, info version, phys on|off)
+
+vCPU N is thread N+1 (`info threads`, `thread 2`); memory goes through the selected vCPU's page
+tables, or is guest-physical after `monitor phys on`. Registers and memory are edited with the
+usual gdb commands (set var, set $rax = ..., restore FILE binary ADDR); edits stay in an overlay."""
+
+
+def _one_line_errors(invoke):
+    @functools.wraps(invoke)
+    def wrapper(self, arg, from_tty):
+        try:
+            return invoke(self, arg, from_tty)
+        except gdb.GdbError:
+            raise
+        except gdb.error as e:
+            raise gdb.GdbError(str(e)) from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise gdb.GdbError(f"{self.__class__.command_name}: {e}") from None
+    return wrapper
+
+
+def _argv(arg: str) -> list[str]:
+    try:
+        return shlex.split(arg)
+    except ValueError as e:
+        raise gdb.GdbError(f"cannot parse arguments: {e}") from None
+
+
+def _flush_gdb_caches() -> None:
+    """After the server changed state behind gdb's back (device edits, MAC in RAM, revert)."""
+    for command in ("maintenance flush register-cache", "maintenance flush dcache"):
+        try:
+            gdb.execute(command, to_string=True)
+        except gdb.error:
+            pass
+
+
+def set_convenience_variables(facts: dict) -> None:
+    gdb.set_convenience_variable("vmstate_file", facts.get("path", ""))
+    gdb.set_convenience_variable("vmstate_ncpus", int(facts.get("ncpus", 0)))
+    nics = facts.get("nics", [])
+    gdb.set_convenience_variable("vmstate_nics", len(nics))
+    for i, nic in enumerate(nics):
+        gdb.set_convenience_variable(f"vmstate_mac{i}", nic["mac"])
+        gdb.set_convenience_variable(f"vmstate_nic{i}", nic["name"])
+
+
+class VmstateHelp(gdb.Command):
+    __doc__ = OVERVIEW
+    command_name = "vmstate"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_USER)
+
+    def invoke(self, arg, from_tty):
+        gdb.write(OVERVIEW + "\n")
+
+
+class VmstateOpen(gdb.Command):
+    """Open a QEMU snapshot as the gdb target: vmstate-open SNAPSHOT [--snapshot NAME]
+
+SNAPSHOT is a migration stream (migrate to exec:/file:), a libvirt save image or a qcow2 image
+with internal snapshots (--snapshot NAME picks one). A snapshot server is started and gdb is
+connected to it; a snapshot already open is closed first."""
+
+    command_name = "vmstate-open"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        args = _argv(arg)
+        name = None
+        if "--snapshot" in args:
+            i = args.index("--snapshot")
+            if i + 1 >= len(args):
+                raise gdb.GdbError("vmstate-open: --snapshot needs a NAME")
+            name = args[i + 1]
+            del args[i:i + 2]
+        if len(args) != 1:
+            raise gdb.GdbError("usage: vmstate-open SNAPSHOT [--snapshot NAME]")
+        SESSION.open(args[0], name)
+        facts = SESSION.facts
+        set_convenience_variables(facts)
+        macs = ", ".join(f"{n['name']} {n['mac']}" for n in facts.get("nics", []))
+        gdb.write(f"vmstate: {facts['path']}: {facts['ncpus']} vCPU(s) as threads 1..{facts['ncpus']}"
+                  + (f"; NICs: {macs}" if macs else "") + "\n")
+
+
+class VmstateClose(gdb.Command):
+    """End the snapshot session: detach gdb and stop the snapshot server. Unsaved edits are lost."""
+
+    command_name = "vmstate-close"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_RUNNING, gdb.COMPLETE_NONE)
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        was = SESSION.path
+        SESSION.close()
+        gdb.write(f"vmstate: closed {was}\n" if was else "vmstate: no snapshot was open\n")
+
+
+class InfoVmstate(gdb.Command):
+    """Show the open snapshot: file, vCPUs (mode, paging, rip), memory mode, NICs, pending edits."""
+
+    command_name = "info vmstate"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_STATUS, gdb.COMPLETE_NONE)
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        _select_server_thread()
+        gdb.write(SESSION.request("describe")["text"])
+
+
+def _select_server_thread() -> None:
+    """Tell the server which vCPU gdb has selected (it follows Hg), so `info vmstate` marks it."""
+    thread = gdb.selected_thread()
+    if thread is not None:
+        try:
+            gdb.selected_inferior().connection.send_packet(f"Hg{thread.ptid[1]:x}")
+        except (gdb.error, AttributeError):
+            pass
+
+
+class DevicePathCompletion:
+    def complete(self, text, word):
+        try:
+            paths = SESSION.request("complete", prefix=text.split()[-1] if text.split() else "")
+        except gdb.GdbError:
+            return []
+        cut = len(text.split()[-1]) - len(word) if text.split() and word is not None else 0
+        return [p[cut:] for p in paths]
+
+
+class VmstateDevices(DevicePathCompletion, gdb.Command):
+    """Print the device tree, or a device, subtree or field: vmstate-devices [PATH] [--depth N]
+
+Paths are as QEMU names the state: e.g. `vmstate-devices e1000`, `vmstate-devices
+e1000/mac_reg[0]`, `vmstate-devices 0000:00:03.0/e1000/full_mac_state`. Tab completes paths."""
+
+    command_name = "vmstate-devices"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_DATA)
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        args = _argv(arg)
+        depth = 8
+        if "--depth" in args:
+            i = args.index("--depth")
+            depth = int(args[i + 1])
+            del args[i:i + 2]
+        gdb.write(SESSION.request("devices", path=" ".join(args), depth=depth)["text"])
+
+
+class VmstateSet(DevicePathCompletion, gdb.Command):
+    """Edit one device field: vmstate-set PATH VALUE
+
+VALUE is an integer (42, 0x2a, -1) for integer fields, aa:bb:cc:dd:ee:ff for a 6-byte MAC
+buffer, or hex bytes for other buffers; it must fit the field's size. The edit is kept in the
+overlay until vmstate-save or vmstate-revert."""
+
+    command_name = "vmstate-set"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_DATA)
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        args = _argv(arg)
+        if len(args) != 2:
+            raise gdb.GdbError("usage: vmstate-set PATH VALUE")
+        gdb.write(SESSION.request("set", path=args[0], value=args[1])["text"])
+        _flush_gdb_caches()
+
+
+class VmstateMac(gdb.Command):
+    """Show or change a NIC's MAC: vmstate-mac [NIC] [NEW_MAC] [--memory]
+
+Without NEW_MAC, print the MAC of each NIC (or of NIC). With it, change every copy the device
+keeps (virtio-net: mac and the config space; e1000: RA registers, full_mac_state and the EEPROM
+with its checksum; rtl8139: phys, conf.macaddr, EEPROM; e1000e likewise). --memory also replaces
+every occurrence of the old MAC in guest RAM, listed as they are patched."""
+
+    command_name = "vmstate-mac"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_DATA, gdb.COMPLETE_NONE)
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        args = _argv(arg)
+        memory = "--memory" in args
+        args = [a for a in args if a != "--memory"]
+        nic = new = None
+        if len(args) == 1:
+            (nic, new) = (None, args[0]) if args[0].count(":") == 5 or args[0].count("-") == 5 else (args[0], None)
+        elif len(args) == 2:
+            nic, new = args
+        elif args:
+            raise gdb.GdbError("usage: vmstate-mac [NIC] [NEW_MAC] [--memory]")
+        if memory and new is None:
+            raise gdb.GdbError("vmstate-mac: --memory goes with a NEW_MAC")
+        reply = SESSION.request("mac", nic=nic, new=new, memory=memory)
+        gdb.write(reply["text"])
+        if new is not None:
+            _flush_gdb_caches()
+            set_convenience_variables(SESSION.request("facts"))
+
+
+class VmstateRevert(gdb.Command):
+    """Drop every pending edit (RAM pages, registers, device fields): the snapshot as on disk."""
+
+    command_name = "vmstate-revert"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_DATA, gdb.COMPLETE_NONE)
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        gdb.write(SESSION.request("revert")["text"])
+        _flush_gdb_caches()
+        set_convenience_variables(SESSION.request("facts"))
+
+
+class VmstateSave(gdb.Command):
+    """Write a new snapshot with the pending edits: vmstate-save OUT
+
+OUT is of the same kind as the input (stream or qcow2); the input file is never written."""
+
+    command_name = "vmstate-save"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        args = _argv(arg)
+        if len(args) != 1:
+            raise gdb.GdbError("usage: vmstate-save OUT")
+        import os
+
+        gdb.write(SESSION.request("save", out=os.path.abspath(os.path.expanduser(args[0])))["text"])
+
+
+COMMANDS = (VmstateHelp, VmstateOpen, VmstateClose, InfoVmstate, VmstateDevices, VmstateSet, VmstateMac,
+            VmstateRevert, VmstateSave)
