@@ -1,0 +1,47 @@
+#!/bin/bash
+# Set up everything vmstate_gdb's demo and tests need, on a fresh Debian 12 machine or an old one:
+#   apt packages (QEMU 7.2, qemu-utils, gdb, busybox-static, ...), QEMU 10 beside it (backports),
+#   a virtualenv made with the system python3 (the interpreter Debian's gdb embeds) holding the
+#   package and its test extras, and the two test guests.
+# Idempotent and quick when everything is there. Needs root (or sudo) only to install packages.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${VMSTATE_VENV:-$ROOT/.venv}
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+APT_PACKAGES="qemu-system-x86 qemu-utils gdb busybox-static python3-venv python3-pip gcc make binutils xz-utils cpio"
+missing=""
+for p in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    log "installing:$missing"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ "${VMSTATE_SKIP_QEMU10:-0}" != 1 ]; then
+    bash "$ROOT/tools/install-qemu10.sh" >&2
+fi
+
+# gdb's embedded Python is /usr/bin/python3; the venv must be made with that same interpreter.
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.base_prefix != "/usr")'; then
+    log "creating $VENV with /usr/bin/python3"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv "$VENV"
+fi
+stamp="$VENV/.vmstate-installed"
+if [ ! -f "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ]; then
+    log "installing vmstate_gdb into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+    touch "$stamp"
+fi
+
+log "building the small test guest"
+make -s -C "$ROOT/tests/guest" >&2
+if [ "${VMSTATE_SKIP_LINUX:-0}" != 1 ]; then
+    log "building the Linux test guest"
+    bash "$ROOT/tests/linux/build.sh" >/dev/null
+fi
+log "ready: $VENV/bin/vmstate, gdb -x $ROOT/vmstate.gdb"
