@@ -117,8 +117,10 @@ guest_pvh_start_info:           /* physical address of hvm_start_info */
 
 /* ---- Page tables (4-level; 1 GiB, 2 MiB and 4 KiB pages) -------------
  *
- *  PML4[0]   -> boot_pdpt_low : PDPT[0..3] = 1 GiB pages, identity 0..4 GiB
- *                                (PDPT[3], 3..4 GiB MMIO hole: PCD|PWT)
+ *  PML4[0]   -> boot_pdpt_low : PDPT[0..15] = 1 GiB pages, identity 0..16 GiB
+ *                                (PDPT[3], 3..4 GiB MMIO hole: PCD|PWT;
+ *                                 PDPT[16..63] added by kmain, up to the top
+ *                                 of RAM, at most 64 GiB)
  *  PML4[511] -> boot_pdpt_high: PDPT[510] -> boot_pd_high
  *      boot_pd_high[0]    -> boot_pt_low: 512 x 4 KiB pages, phys 0..2 MiB
  *                            (virt 0xffffffff80000000..0xffffffff801fffff)
@@ -139,7 +141,14 @@ boot_pdpt_low:
     .quad (1 << 30) | (PTE_P | PTE_RW | PTE_PS)
     .quad (2 << 30) | (PTE_P | PTE_RW | PTE_PS)
     .quad (3 << 30) | (PTE_P | PTE_RW | PTE_PS | PTE_PCD | PTE_PWT)
-    .fill 508, 8, 0
+    /* PDPT[4..15]: identity 4..16 GiB (RAM above the PCI hole).  kmain()
+     * fills PDPT[16..63] at run time if RAM reaches above 16 GiB. */
+    .set .Lgb, 4
+    .rept 12
+    .quad (.Lgb << 30) | (PTE_P | PTE_RW | PTE_PS)
+    .set .Lgb, .Lgb + 1
+    .endr
+    .fill 496, 8, 0
 
     .p2align 12
 boot_pdpt_high:

@@ -20,6 +20,21 @@ char guest_note[4096];
 volatile unsigned long guest_nic_bar;       /* BAR0 base (MMIO phys or I/O port), 0 if none */
 volatile unsigned int guest_nic_kind;       /* 0 none, 1 e1000, 2 rtl8139, 3 virtio-net */
 
+/* RAM sizes from the PVH memory map (bytes; 0 if there is no map), see
+ * mem_init().  On QEMU they equal its below-/above-4G RAM split. */
+volatile unsigned long guest_ram_below_4g;  /* top of low RAM, incl. firmware carve-outs */
+volatile unsigned long guest_ram_above_4g;  /* type-1 RAM at or above 4 GiB */
+volatile unsigned long guest_ram_usable_below_4g;  /* type-1 RAM below 4 GiB only */
+/* Physical addresses of the 64-byte "VMSTATE-HIGHMEM 0x..." markers,
+ * 0 = not written: [0] first RAM page >= 4 GiB, [1] last RAM page above
+ * 4 GiB, [2] last RAM page below 4 GiB. */
+volatile unsigned long guest_marker_addr[3];
+/* Debugger command: 0 nothing, 1 pvpanic (then reset to 0 by the guest). */
+volatile unsigned long guest_command;
+
+extern volatile unsigned long guest_pvh_start_info;  /* boot.S: %ebx at entry */
+extern volatile u64 boot_pdpt_low[512];              /* boot.S: identity PDPT */
+
 enum { NIC_NONE = 0, NIC_E1000 = 1, NIC_RTL8139 = 2, NIC_VIRTIO = 3 };
 static const char *const nic_names[] = { "none", "e1000", "rtl8139", "virtio-net" };
 
@@ -213,6 +228,149 @@ static u8 rtc_seconds(void)
     return inb(0x71);
 }
 
+/* ---- PVH memory map and high-memory markers ---------------------------- */
+/* Layout of struct hvm_start_info / hvm_memmap_table_entry (PVH ABI). */
+struct pvh_start_info {
+    u32 magic, version, flags, nr_modules;
+    u64 modlist_paddr, cmdline_paddr, rsdp_paddr;
+    u64 memmap_paddr;                   /* version >= 1 */
+    u32 memmap_entries, reserved;
+};
+struct pvh_memmap_entry {
+    u64 addr, size;
+    u32 type, reserved;
+};
+#define PVH_START_MAGIC   0x336ec578u
+#define E820_RAM          1
+#define GIB               (1UL << 30)
+#define FOUR_GIB          (4UL << 30)
+#define PAGE              0x1000UL
+#define IDMAP_MAX         (64UL << 30)  /* identity map grows up to here */
+#define MARKER_MIN        0x1000000UL   /* never put a marker below 16 MiB (image) */
+
+static u64 idmap_top = 16UL << 30;      /* boot.S maps 0..16 GiB */
+
+/* Map [16 GiB, top) with 1 GiB identity pages, capped at IDMAP_MAX. */
+static void idmap_extend(u64 top)
+{
+    u64 n = (top + GIB - 1) / GIB;
+    int changed = 0;
+
+    if (n > IDMAP_MAX / GIB)
+        n = IDMAP_MAX / GIB;
+    for (u64 i = idmap_top / GIB; i < n; i++) {
+        boot_pdpt_low[i] = (i << 30) | 0x83;            /* P | RW | PS */
+        changed = 1;
+    }
+    if (changed) {
+        idmap_top = n * GIB;
+        u64 cr3;
+        __asm__ volatile("movq %%cr3, %0; movq %0, %%cr3" : "=r"(cr3) :: "memory");
+    }
+}
+
+/* 64 bytes at phys: "VMSTATE-HIGHMEM 0x<phys hex>", NUL-padded. */
+static void write_marker(int slot, u64 phys)
+{
+    static const char prefix[] = "VMSTATE-HIGHMEM 0x";
+    volatile char *p = (volatile char *)phys;    /* identity map */
+    int i = 0, shift = 60;
+
+    if (phys < MARKER_MIN || phys + 64 > idmap_top)
+        return;
+    for (const char *c = prefix; *c; c++)
+        p[i++] = *c;
+    while (shift > 0 && !((phys >> shift) & 0xf))
+        shift -= 4;
+    for (; shift >= 0; shift -= 4)
+        p[i++] = hexdig[(phys >> shift) & 0xf];
+    while (i < 64)
+        p[i++] = 0;
+    guest_marker_addr[slot] = phys;
+}
+
+/*
+ * Read the PVH memory map (QEMU's pvh.bin fills it from the firmware's
+ * INT 15h/E820 table, so SeaBIOS's own reservations are cut out of RAM).
+ *  below: end of the highest type-1 range below 4 GiB, extended over
+ *         ranges of any type that directly follow it (SeaBIOS reserves the
+ *         top 128 KiB or so of low RAM for its tables); low RAM starts at 0,
+ *         so this is its size.
+ *  above: bytes of type-1 RAM at or above 4 GiB.
+ * Markers: (a) first RAM page >= 4 GiB, (b) last RAM page above 4 GiB,
+ *          (c) below - 4 KiB, i.e. the page just under the split.
+ */
+static void mem_init(void)
+{
+    const struct pvh_start_info *si = (const struct pvh_start_info *)guest_pvh_start_info;
+    u64 low_top = 0, high_first = ~0UL, high_top = 0, usable = 0, above = 0;
+
+    if (!si || si->magic != PVH_START_MAGIC || si->version < 1 || !si->memmap_paddr)
+        return;
+    const struct pvh_memmap_entry *e = (const struct pvh_memmap_entry *)si->memmap_paddr;
+    u32 n = si->memmap_entries;
+    if (n > 128)
+        n = 128;
+    for (u32 i = 0; i < n; i++) {
+        u64 start = e[i].addr, end = e[i].addr + e[i].size;
+        if (e[i].type != E820_RAM || end <= start)
+            continue;
+        if (start < FOUR_GIB) {                         /* part below 4 GiB */
+            u64 lend = end < FOUR_GIB ? end : FOUR_GIB;
+            usable += lend - start;
+            if (lend > low_top)
+                low_top = lend;
+        }
+        if (end > FOUR_GIB) {                           /* part at/above 4 GiB */
+            u64 hstart = start > FOUR_GIB ? start : FOUR_GIB;
+            above += end - hstart;
+            hstart = (hstart + PAGE - 1) & ~(PAGE - 1);
+            if (hstart < high_first)
+                high_first = hstart;
+            if (end > high_top)
+                high_top = end;
+        }
+    }
+    /* Grow low_top over adjacent non-RAM ranges (firmware carve-outs). */
+    for (int changed = low_top != 0; changed; ) {
+        changed = 0;
+        for (u32 i = 0; i < n; i++) {
+            u64 start = e[i].addr, end = e[i].addr + e[i].size;
+            if (end > FOUR_GIB)
+                end = FOUR_GIB;
+            if (start <= low_top && end > low_top) {
+                low_top = end;
+                changed = 1;
+            }
+        }
+    }
+    guest_ram_below_4g = low_top;
+    guest_ram_above_4g = above;
+    guest_ram_usable_below_4g = usable;
+
+    if (high_top)
+        idmap_extend(high_top);
+    high_top &= ~(PAGE - 1);
+    if (high_top && high_first + PAGE <= high_top) {
+        write_marker(0, high_first);                    /* (a) */
+        write_marker(1, high_top - PAGE);               /* (b) */
+    }
+    low_top &= ~(PAGE - 1);
+    if (low_top >= PAGE)
+        write_marker(2, low_top - PAGE);                /* (c) */
+}
+
+/* ---- pvpanic ------------------------------------------------------------- */
+#define PVPANIC_PORT      0x505         /* QEMU -device pvpanic (ISA) */
+#define PVPANIC_PANICKED  1
+
+/* Print GUEST PANIC and report a panic to QEMU (GUEST_PANICKED event). */
+__attribute__((noinline)) void guest_pvpanic(void)
+{
+    puts("GUEST PANIC\n");
+    outb(PVPANIC_PORT, PVPANIC_PANICKED);
+}
+
 /* ---- Main loop --------------------------------------------------------- */
 __attribute__((noinline)) void guest_print_tick(void)
 {
@@ -248,14 +406,28 @@ void kmain(void)
 
     serial_init();
     nic_init();
+    mem_init();
     putch('\n');       /* firmware output may have left a partial line */
     puts("GUEST READY nic=");
     puts(nic_names[guest_nic_kind]);
     puts(" bar=");
     puthex(guest_nic_bar);
     putch('\n');
+    puts("GUEST MEM below=");
+    puthex(guest_ram_below_4g);
+    puts(" above=");
+    puthex(guest_ram_above_4g);
+    putch('\n');
 
     for (;;) {
+        if (inb(COM1 + 5) & 0x01) {     /* LSR data ready: one byte per pass */
+            if (inb(COM1) == 'p')
+                guest_pvpanic();
+        }
+        if (guest_command == 1) {
+            guest_pvpanic();
+            guest_command = 0;
+        }
         u8 s = rtc_seconds();
         if (s != last) {
             last = s;
