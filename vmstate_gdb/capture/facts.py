@@ -6,6 +6,7 @@ so ``vmstate resume-cmd SNAP`` prints a command that resumes a captured VM.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import socket
 import time
@@ -90,6 +91,12 @@ async def gather_facts(monitor: Monitor) -> VmFacts:
         blocked_reasons=list(migrate.get("blocked-reasons", [])),
         migration_status=migrate.get("status"),
     )
+
+
+async def refresh_status(monitor: Monitor, facts: VmFacts) -> VmFacts:
+    """``facts`` with the run state asked again (the rest does not change while QEMU runs)."""
+    status = await monitor.execute("query-status")
+    return dataclasses.replace(facts, status=status["status"])
 
 
 def snapshot_meta(facts: VmFacts, *, path: str, method: str, stopped_at: float | None,

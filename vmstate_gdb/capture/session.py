@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from vmstate_gdb.capture.facts import VmFacts, gather_facts, save_meta, snapshot_meta
+from vmstate_gdb.capture.facts import VmFacts, gather_facts, refresh_status, save_meta, snapshot_meta
 from vmstate_gdb.capture.monitor import Monitor
 from vmstate_gdb.errors import QemuError
 
@@ -160,6 +160,16 @@ def _names(monitors: list[Monitor], facts: list[VmFacts | None]) -> list[str]:
     return names
 
 
+def _space_hint(directory: Path) -> str:
+    """A disk-full migration fails as a broken pipe or a write error: say what the disk says."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    return f" ({directory} is full: {free // 1024} KiB free)" if free < 1 << 20 else ""
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -247,12 +257,14 @@ async def capture_vms(
     timeout: float = MIGRATION_TIMEOUT,
     stamp: str | None = None,
     trigger: str | None = None,
+    known: list[VmFacts] | None = None,
 ) -> CaptureReport:
     """Capture every VM of ``monitors`` into ``out_dir`` as ``NAME-STAMP.vmstate`` + ``.meta.json``.
 
     VMs that are running are stopped together, all streams are written in parallel, and the
     VMs this call stopped are resumed (failed ones always; the others unless ``resume`` is False).
-    VMs found paused are captured and left as they were."""
+    VMs found paused are captured and left as they were. ``known`` are facts gathered earlier
+    (by a watch): only the run state is asked again, to stop sooner."""
     report = CaptureReport(started_at=time.time(), trigger=trigger)
     t0 = time.monotonic()
     progress = progress or (lambda name, done, total: None)
@@ -260,7 +272,11 @@ async def capture_vms(
     out.mkdir(parents=True, exist_ok=True)
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
 
-    gathered = await asyncio.gather(*(gather_facts(m) for m in monitors), return_exceptions=True)
+    if known is None:
+        gathered = await asyncio.gather(*(gather_facts(m) for m in monitors), return_exceptions=True)
+    else:
+        gathered = await asyncio.gather(*(refresh_status(m, f) for m, f in zip(monitors, known, strict=True)),
+                                        return_exceptions=True)
     facts = [g if isinstance(g, VmFacts) else None for g in gathered]
     for monitor, name, f, g in zip(monitors, _names(monitors, facts), facts, gathered, strict=True):
         result = VmResult(label=monitor.label, name=name, facts=f)
@@ -291,7 +307,10 @@ async def capture_vms(
         path = str(out / f"{result.name}-{stamp}{SUFFIX}")
         if monitor.local and os.path.exists(path):
             raise QemuError(f"{path} exists; not overwriting it")
-        await _migrate(monitor, result.facts, result, path, progress, timeout)
+        try:
+            await _migrate(monitor, result.facts, result, path, progress, timeout)
+        except QemuError as exc:
+            raise QemuError(exc.message + (_space_hint(out) if monitor.local else "")) from None
         result.path = path
         meta = snapshot_meta(result.facts, path=path, method=result.method or "exec",
                              stopped_at=result.stop_event_time,
