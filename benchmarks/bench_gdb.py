@@ -37,13 +37,21 @@ BLOB_AT = 0x2000000
 PATTERN = b"\x5a\xa5vmGB"
 
 
-def gdb_timed(setup: list[str], timed: str, extra: list[str] | None = None, timeout: float = 1800) -> tuple[float, str]:
+def gdb_timed(
+    setup: list[str], timed: str, extra: list[str] | None = None, timeout: float = 1800
+) -> tuple[float, str]:
     """Run gdb in batch mode; returns the seconds the ``timed`` command took, measured inside gdb."""
     argv = [GDB, "-nx", "-batch", "-x", str(ROOT / "vmstate.gdb")]
     for c in setup:
         argv += ["-ex", c]
-    argv += ["-ex", "python import builtins, time; builtins._t0 = time.perf_counter()", "-ex", timed,
-             "-ex", "python import builtins, time; print('ELAPSED %.6f' % (time.perf_counter() - builtins._t0))"]
+    argv += [
+        "-ex",
+        "python import builtins, time; builtins._t0 = time.perf_counter()",
+        "-ex",
+        timed,
+        "-ex",
+        "python import builtins, time; print('ELAPSED %.6f' % (time.perf_counter() - builtins._t0))",
+    ]
     for c in extra or []:
         argv += ["-ex", c]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -59,8 +67,23 @@ def write_elf_core(path: Path, address: int, data_path: Path) -> None:
     size = data_path.stat().st_size
     ehsize, phsize = 64, 56
     offset = 0x1000
-    header = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 4, 62, 1, 0, ehsize, 0, 0,
-                         ehsize, phsize, 1, 0, 0, 0)
+    header = struct.pack(
+        "<16sHHIQQQIHHHHHH",
+        b"\x7fELF\x02\x01\x01" + bytes(9),
+        4,
+        62,
+        1,
+        0,
+        ehsize,
+        0,
+        0,
+        ehsize,
+        phsize,
+        1,
+        0,
+        0,
+        0,
+    )
     phdr = struct.pack("<IIQQQQQQ", 1, 6, offset, address, address, size, size, 0x1000)
     with open(path, "wb") as f, open(data_path, "rb") as src:
         f.write(header + phdr)
@@ -80,16 +103,26 @@ def main() -> int:
     ram_mib = max(512, args.mib * 2)
     blob = work / "blob.bin"
     data = bytearray(os.urandom(size))
-    data[size - 4096:size - 4096 + len(PATTERN)] = PATTERN  # the one place find must report
+    data[size - 4096 : size - 4096 + len(PATTERN)] = PATTERN  # the one place find must report
     while (i := data.find(PATTERN, 0, size - 4096)) != -1:
         data[i] ^= 0xFF
     blob.write_bytes(data)
     del data
     gdb_sock = work / "live-gdb.sock"
     snap = work / "bench.vmstate"
-    config = GuestConfig("small", "pc", 1, ram_mib, (Nic("e1000", "52:54:00:12:34:56"),), extra_args=(
-        "-device", f"loader,file={blob},addr={BLOB_AT:#x},force-raw=on",
-        "-gdb", f"unix:{gdb_sock},server=on,wait=off"))
+    config = GuestConfig(
+        "small",
+        "pc",
+        1,
+        ram_mib,
+        (Nic("e1000", "52:54:00:12:34:56"),),
+        extra_args=(
+            "-device",
+            f"loader,file={blob},addr={BLOB_AT:#x},force-raw=on",
+            "-gdb",
+            f"unix:{gdb_sock},server=on,wait=off",
+        ),
+    )
     results: dict[str, float] = {}
     dump_range = f"{BLOB_AT:#x} {BLOB_AT + size:#x}"
     find_cmd = f"find /b {BLOB_AT:#x}, {(ram_mib << 20) - 1:#x}, " + ", ".join(f"{b:#x}" for b in PATTERN)
@@ -102,20 +135,25 @@ def main() -> int:
         live_out = work / "live.bin"
         results["dump_live_s"], _ = gdb_timed(
             [f"target remote {gdb_sock}", "maintenance packet Qqemu.PhyMemMode:1"],
-            f"dump binary memory {live_out} {dump_range}")
+            f"dump binary memory {live_out} {dump_range}",
+        )
         vm.close()
     snap_out = work / "snap.bin"
-    results["dump_snapshot_s"], _ = gdb_timed([f"vmstate-open {snap}", "monitor phys on"],
-                                              f"dump binary memory {snap_out} {dump_range}")
+    results["dump_snapshot_s"], _ = gdb_timed(
+        [f"vmstate-open {snap}", "monitor phys on"], f"dump binary memory {snap_out} {dump_range}"
+    )
     core = work / "bench.core"
     write_elf_core(core, BLOB_AT, snap_out)
     core_out = work / "core.bin"
-    results["dump_core_s"], _ = gdb_timed([f"core-file {core}"], f"dump binary memory {core_out} {dump_range}")
+    results["dump_core_s"], _ = gdb_timed(
+        [f"core-file {core}"], f"dump binary memory {core_out} {dump_range}"
+    )
     same = blob.read_bytes() == snap_out.read_bytes() == live_out.read_bytes() == core_out.read_bytes()
     results["find_qsearch_s"], found = gdb_timed([f"vmstate-open {snap}", "monitor phys on"], find_cmd)
     assert f"{BLOB_AT + size - 4096:#x}" in found, found[-500:]
     results["find_fallback_s"], found2 = gdb_timed(
-        [f"vmstate-open {snap}", "monitor phys on", "set remote search-memory-packet off"], find_cmd)
+        [f"vmstate-open {snap}", "monitor phys on", "set remote search-memory-packet off"], find_cmd
+    )
     assert f"{BLOB_AT + size - 4096:#x}" in found2, found2[-500:]
     t0 = time.perf_counter()
     with open(snap, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
@@ -125,22 +163,34 @@ def main() -> int:
             at = m.find(PATTERN, at + 1)
     results["find_bytes_find_s"] = time.perf_counter() - t0
     mib = args.mib
-    print(f"region: {mib} MiB of random bytes at {BLOB_AT:#x}; guest RAM {ram_mib} MiB; dumps identical: {same}")
-    print(f"dump binary memory, live QEMU gdbstub: {results['dump_live_s']:8.2f} s  "
-          f"({mib / results['dump_live_s']:7.1f} MiB/s)")
-    print(f"dump binary memory, snapshot target:   {results['dump_snapshot_s']:8.2f} s  "
-          f"({mib / results['dump_snapshot_s']:7.1f} MiB/s)")
-    print(f"dump binary memory, ELF core (limit):  {results['dump_core_s']:8.2f} s  "
-          f"({mib / results['dump_core_s']:7.1f} MiB/s)")
+    print(
+        f"region: {mib} MiB of random bytes at {BLOB_AT:#x}; guest RAM {ram_mib} MiB; dumps identical: {same}"
+    )
+    print(
+        f"dump binary memory, live QEMU gdbstub: {results['dump_live_s']:8.2f} s  "
+        f"({mib / results['dump_live_s']:7.1f} MiB/s)"
+    )
+    print(
+        f"dump binary memory, snapshot target:   {results['dump_snapshot_s']:8.2f} s  "
+        f"({mib / results['dump_snapshot_s']:7.1f} MiB/s)"
+    )
+    print(
+        f"dump binary memory, ELF core (limit):  {results['dump_core_s']:8.2f} s  "
+        f"({mib / results['dump_core_s']:7.1f} MiB/s)"
+    )
     ratio = results["dump_snapshot_s"] / results["dump_live_s"]
-    print(f"  snapshot / live = {ratio:.2f}x (target <= 1.0x): {'OK' if ratio <= 1.0 else 'MISSED'}; "
-          f"snapshot / core = {results['dump_snapshot_s'] / results['dump_core_s']:.1f}x")
+    print(
+        f"  snapshot / live = {ratio:.2f}x (target <= 1.0x): {'OK' if ratio <= 1.0 else 'MISSED'}; "
+        f"snapshot / core = {results['dump_snapshot_s'] / results['dump_core_s']:.1f}x"
+    )
     print(f"find 6 bytes, qSearch:             {results['find_qsearch_s']:8.2f} s")
     print(f"find 6 bytes, gdb fallback (m):    {results['find_fallback_s']:8.2f} s")
     print(f"bytes.find over the file (limit):  {results['find_bytes_find_s']:8.2f} s ({hits} hit(s))")
     speedup = results["find_fallback_s"] / results["find_qsearch_s"]
-    print(f"  fallback / qSearch = {speedup:.1f}x (target >= 20x): {'OK' if speedup >= 20 else 'MISSED'}; "
-          f"qSearch / bytes.find = {results['find_qsearch_s'] / results['find_bytes_find_s']:.1f}x")
+    print(
+        f"  fallback / qSearch = {speedup:.1f}x (target >= 20x): {'OK' if speedup >= 20 else 'MISSED'}; "
+        f"qSearch / bytes.find = {results['find_qsearch_s'] / results['find_bytes_find_s']:.1f}x"
+    )
     return 0
 
 

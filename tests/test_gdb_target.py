@@ -13,13 +13,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from guestinfo import SMALL_ELF, expected_macs, linux_symbols
 
 ROOT = Path(__file__).resolve().parent.parent
 GDB = "/usr/bin/gdb"
-pytestmark = pytest.mark.skipif(not Path(GDB).exists() or not (ROOT / ".venv").is_dir(),
-                                reason="needs /usr/bin/gdb and the REPO/.venv install")
+pytestmark = pytest.mark.skipif(
+    not Path(GDB).exists() or not (ROOT / ".venv").is_dir(),
+    reason="needs /usr/bin/gdb and the REPO/.venv install",
+)
 
 
 def run_gdb(*commands: str, timeout: float = 120) -> str:
@@ -38,15 +39,19 @@ def _registers(out: str) -> dict[str, int]:
 
 def test_registers_equal_qemu_for_each_vcpu(snapshot_small_q35_virtio_2cpu):
     snap = snapshot_small_q35_virtio_2cpu
-    names = "rax rbx rcx rdx rsi rdi rbp rsp rip eflags cs ss ds es fs gs fs_base gs_base cr0 cr2 cr3 cr4 efer"
+    names = (
+        "rax rbx rcx rdx rsi rdi rbp rsp rip eflags cs ss ds es fs gs fs_base gs_base cr0 cr2 cr3 cr4 efer"
+    )
     commands = [f"vmstate-open {snap.path}", "info threads"]
     for i in range(len(snap.state.registers)):
         commands += [f"thread {i + 1}", "echo ==regs==\\n", f"info registers {names}"]
     out = run_gdb(*commands)
-    assert re.search(r"^\* 1\s+Thread 1 \(CPU#0", out, re.M) and re.search(r"^  2\s+Thread 2 \(CPU#1", out, re.M)
+    assert re.search(r"^\* 1\s+Thread 1 \(CPU#0", out, re.M) and re.search(
+        r"^  2\s+Thread 2 \(CPU#1", out, re.M
+    )
     chunks = out.split("==regs==")[1:]
     assert len(chunks) == len(snap.state.registers) == 2
-    for chunk, qemu in zip(chunks, snap.state.registers):
+    for chunk, qemu in zip(chunks, snap.state.registers, strict=True):
         ours = _registers(chunk)
         for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "rip"):
             assert ours[name] == qemu[name.upper()], name
@@ -61,17 +66,41 @@ def test_symbols_find_devices_and_edits_small_guest(snapshot_small_pc_e1000):
     mac = expected_macs(snap)["e1000"]
     mac_bytes = ", ".join(f"0x{b}" for b in mac.split(":"))
     out = run_gdb(
-        f"vmstate-open {snap.path}", f"file {SMALL_ELF}",
-        "echo ==tick==\\n", "p tick", "echo ==mac==\\n", "p/x guest_mac",
-        "echo ==vars==\\n", "p $vmstate_ncpus", "p $vmstate_nics", "p $vmstate_mac0",
-        'p $vmstate_dev_str("e1000/mac_reg[0][0]")', 'p/x $vmstate_dev("e1000/mac_reg[0][0]")',
+        f"vmstate-open {snap.path}",
+        f"file {SMALL_ELF}",
+        "echo ==tick==\\n",
+        "p tick",
+        "echo ==mac==\\n",
+        "p/x guest_mac",
+        "echo ==vars==\\n",
+        "p $vmstate_ncpus",
+        "p $vmstate_nics",
+        "p $vmstate_mac0",
+        'p $vmstate_dev_str("e1000/mac_reg[0][0]")',
+        'p/x $vmstate_dev("e1000/mac_reg[0][0]")',
         "vmstate-mac",
-        "echo ==find==\\n", "monitor phys on", f"find /b 0, +0x7000000, {mac_bytes}",
-        "p/x *(unsigned char (*)[6]) $_", "monitor phys off",
-        "echo ==edit==\\n", "set var tick = 4242", "p tick", "set $rax = 0x1234", "p/x $rax",
-        "set *(char *)&guest_note = 0x41", "p guest_note[0]", "info vmstate",
-        "echo ==revert==\\n", "vmstate-revert", "p tick", "p/x $rax",
-        "echo ==help==\\n", "help vmstate", "help vmstate-mac", "vmstate-close")
+        "echo ==find==\\n",
+        "monitor phys on",
+        f"find /b 0, +0x7000000, {mac_bytes}",
+        "p/x *(unsigned char (*)[6]) $_",
+        "monitor phys off",
+        "echo ==edit==\\n",
+        "set var tick = 4242",
+        "p tick",
+        "set $rax = 0x1234",
+        "p/x $rax",
+        "set *(char *)&guest_note = 0x41",
+        "p guest_note[0]",
+        "info vmstate",
+        "echo ==revert==\\n",
+        "vmstate-revert",
+        "p tick",
+        "p/x $rax",
+        "echo ==help==\\n",
+        "help vmstate",
+        "help vmstate-mac",
+        "vmstate-close",
+    )
     tick = int(re.search(r"==tick==\s*\$\d+ = (\d+)", out)[1])
     assert tick >= snap.last_tick.n
     want = "{" + ", ".join(f"0x{int(b, 16):x}" for b in mac.split(":")) + "}"
@@ -92,8 +121,12 @@ def test_symbols_find_devices_and_edits_small_guest(snapshot_small_pc_e1000):
 
 def test_virtio_mac_through_vmstate_dev(snapshot_small_q35_virtio_2cpu):
     snap = snapshot_small_q35_virtio_2cpu
-    out = run_gdb(f"vmstate-open {snap.path}", 'p $vmstate_dev_str("virtio-net/virtio/device/mac")',
-                  'p/x $vmstate_dev("virtio-net/virtio/device/mac")', "vmstate-devices virtio-net/virtio/device")
+    out = run_gdb(
+        f"vmstate-open {snap.path}",
+        'p $vmstate_dev_str("virtio-net/virtio/device/mac")',
+        'p/x $vmstate_dev("virtio-net/virtio/device/mac")',
+        "vmstate-devices virtio-net/virtio/device",
+    )
     mac = expected_macs(snap)["virtio-net"]
     assert f'"{mac}"' in out
     assert "{" + ", ".join(f"0x{int(b, 16):x}" for b in mac.split(":")) + "}" in out
@@ -102,15 +135,23 @@ def test_virtio_mac_through_vmstate_dev(snapshot_small_q35_virtio_2cpu):
 
 def test_linux_banner_at_system_map_address(snapshot_linux_pc_3nic):
     address = linux_symbols()["linux_banner"]
-    out = run_gdb(f"vmstate-open {snapshot_linux_pc_3nic.path}", f"x/s {address:#x}", "info threads",
-                  "monitor info mem")
+    out = run_gdb(
+        f"vmstate-open {snapshot_linux_pc_3nic.path}", f"x/s {address:#x}", "info threads", "monitor info mem"
+    )
     assert re.search(rf"{address:#x}[^\n]*\"Linux version 6\.", out), out
     assert "ffffffff8" in out  # kernel text mapping listed by info mem
 
 
 def test_continue_and_step_say_the_snapshot_cannot_run(snapshot_small_pc_e1000):
-    out = run_gdb(f"vmstate-open {snapshot_small_pc_e1000.path}", f"file {SMALL_ELF}", "continue", "step",
-                  "stepi", "p 1 + 1", timeout=60)
+    out = run_gdb(
+        f"vmstate-open {snapshot_small_pc_e1000.path}",
+        f"file {SMALL_ELF}",
+        "continue",
+        "step",
+        "stepi",
+        "p 1 + 1",
+        timeout=60,
+    )
     # (a `step` at an inlined call site may only move gdb's virtual frame, without resuming)
     assert out.count("a snapshot cannot run") >= 2 and "Program stopped." in out
     assert "$1 = 2" in out
@@ -118,14 +159,22 @@ def test_continue_and_step_say_the_snapshot_cannot_run(snapshot_small_pc_e1000):
 
 def test_errors_are_one_line_and_gdb_survives_the_server(snapshot_small_pc_e1000, tmp_path):
     out = run_gdb(
-        "vmstate-open /nonexistent/snap", "info vmstate",
+        "vmstate-open /nonexistent/snap",
+        "info vmstate",
         f"vmstate-open {snapshot_small_pc_e1000.path}",
-        "vmstate-set nosuch/field 1", "vmstate-set e1000/mac_reg[0][0] 0x1ffffffff",
-        "vmstate-mac zz:zz:zz:zz:zz:zz", "x/x 0x7fff00000000", "p $vmstate_dev(\"e1000\")",
+        "vmstate-set nosuch/field 1",
+        "vmstate-set e1000/mac_reg[0][0] 0x1ffffffff",
+        "vmstate-mac zz:zz:zz:zz:zz:zz",
+        "x/x 0x7fff00000000",
+        'p $vmstate_dev("e1000")',
         "python import os, signal; from vmstate_gdb.gdb.session import SESSION; "
         "os.kill(SESSION.process.pid, signal.SIGKILL); SESSION.process.wait()",
-        "info vmstate", "p 6 * 7",
-        f"vmstate-open {snapshot_small_pc_e1000.path}", "p $vmstate_ncpus", "vmstate-close")
+        "info vmstate",
+        "p 6 * 7",
+        f"vmstate-open {snapshot_small_pc_e1000.path}",
+        "p $vmstate_ncpus",
+        "vmstate-close",
+    )
     assert "/nonexistent/snap: no such file" in out
     assert "no snapshot is open" in out
     assert "no device 'nosuch'" in out
@@ -140,11 +189,15 @@ def test_errors_are_one_line_and_gdb_survives_the_server(snapshot_small_pc_e1000
 def test_reopen_replaces_and_close_ends_the_server(snapshot_small_pc_e1000, snapshot_small_q35_virtio_2cpu):
     out = run_gdb(
         f"vmstate-open {snapshot_small_pc_e1000.path}",
-        "python import vmstate_gdb.gdb.session as s; gdb.set_convenience_variable('pid1', s.SESSION.process.pid)",
-        f"vmstate-open {snapshot_small_q35_virtio_2cpu.path}", "p $vmstate_ncpus",
+        "python import vmstate_gdb.gdb.session as s; "
+        "gdb.set_convenience_variable('pid1', s.SESSION.process.pid)",
+        f"vmstate-open {snapshot_small_q35_virtio_2cpu.path}",
+        "p $vmstate_ncpus",
         "python import os\ntry: os.kill(int(gdb.convenience_variable('pid1')), 0)\n"
         "except ProcessLookupError: print('first server gone')",
-        "vmstate-close", "info vmstate")
+        "vmstate-close",
+        "info vmstate",
+    )
     assert "$1 = 2" in out
     assert "first server gone" in out
     assert "no snapshot is open" in out

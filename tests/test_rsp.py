@@ -37,9 +37,9 @@ class Client:
             start = self.buf.find(b"$")
             end = self.buf.find(b"#", start)
             if start != -1 and end != -1 and len(self.buf) >= end + 3:
-                payload = self.buf[start + 1:end]
-                assert self.buf[end + 1:end + 3] == b"%02x" % checksum(payload)
-                self.buf = self.buf[end + 3:]
+                payload = self.buf[start + 1 : end]
+                assert self.buf[end + 1 : end + 3] == b"%02x" % checksum(payload)
+                self.buf = self.buf[end + 3 :]
                 self.sock.sendall(b"+")
                 return payload
             chunk = self.sock.recv(1 << 20)
@@ -52,8 +52,12 @@ class Client:
         self.sock.sendall(frame(payload))
         while True:
             reply = self._read_packet()
-            if reply.startswith(b"O") and reply != b"OK" and len(reply) > 1 and all(
-                    c in b"0123456789abcdef" for c in reply[1:]):
+            if (
+                reply.startswith(b"O")
+                and reply != b"OK"
+                and len(reply) > 1
+                and all(c in b"0123456789abcdef" for c in reply[1:])
+            ):
                 self.console += bytes.fromhex(reply[1:].decode())
                 continue
             return reply
@@ -121,7 +125,7 @@ def test_g_packet_equals_qemu_registers(snapshot_small_q35_virtio_2cpu, connect)
         values = {}
         pos = 0
         for r in regs.REGISTERS:
-            values[r.name] = int.from_bytes(g[pos:pos + r.bits // 8], "little")
+            values[r.name] = int.from_bytes(g[pos : pos + r.bits // 8], "little")
             pos += r.bits // 8
         for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "rip"):
             assert values[name] == qemu[name.upper()], (i, name)
@@ -146,9 +150,11 @@ def test_monitor_info_registers_is_qemus_text(snapshot_small_q35_virtio_2cpu, co
     ours = split_cpus(text)
     theirs = snapshot_small_q35_virtio_2cpu.state.registers_text
     assert len(ours) == len(theirs)
-    for mine, qemu in zip(ours, theirs):
+    for mine, qemu in zip(ours, theirs, strict=True):
         # QEMU's HMP text comes with \r\n line ends through QMP
-        assert [x.rstrip() for x in mine.strip().splitlines()] == [x.rstrip() for x in qemu.strip().splitlines()]
+        assert [x.rstrip() for x in mine.strip().splitlines()] == [
+            x.rstrip() for x in qemu.strip().splitlines()
+        ]
 
 
 def test_memory_read_write_and_errors(snapshot_small_pc_e1000, connect):

@@ -43,6 +43,7 @@ def _one_line_errors(invoke):
             raise gdb.GdbError(str(e)) from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise gdb.GdbError(f"{self.__class__.command_name}: {e}") from None
+
     return wrapper
 
 
@@ -86,9 +87,9 @@ class VmstateHelp(gdb.Command):
 class VmstateOpen(gdb.Command):
     """Open a QEMU snapshot as the gdb target: vmstate-open SNAPSHOT [--snapshot NAME]
 
-SNAPSHOT is a migration stream (migrate to exec:/file:), a libvirt save image or a qcow2 image
-with internal snapshots (--snapshot NAME picks one). A snapshot server is started and gdb is
-connected to it; a snapshot already open is closed first."""
+    SNAPSHOT is a migration stream (migrate to exec:/file:), a libvirt save image or a qcow2 image
+    with internal snapshots (--snapshot NAME picks one). A snapshot server is started and gdb is
+    connected to it; a snapshot already open is closed first."""
 
     command_name = "vmstate-open"
 
@@ -104,15 +105,18 @@ connected to it; a snapshot already open is closed first."""
             if i + 1 >= len(args):
                 raise gdb.GdbError("vmstate-open: --snapshot needs a NAME")
             name = args[i + 1]
-            del args[i:i + 2]
+            del args[i : i + 2]
         if len(args) != 1:
             raise gdb.GdbError("usage: vmstate-open SNAPSHOT [--snapshot NAME]")
         SESSION.open(args[0], name)
         facts = SESSION.facts
         set_convenience_variables(facts)
         macs = ", ".join(f"{n['name']} {n['mac']}" for n in facts.get("nics", []))
-        gdb.write(f"vmstate: {facts['path']}: {facts['ncpus']} vCPU(s) as threads 1..{facts['ncpus']}"
-                  + (f"; NICs: {macs}" if macs else "") + "\n")
+        gdb.write(
+            f"vmstate: {facts['path']}: {facts['ncpus']} vCPU(s) as threads 1..{facts['ncpus']}"
+            + (f"; NICs: {macs}" if macs else "")
+            + "\n"
+        )
 
 
 class VmstateClose(gdb.Command):
@@ -167,8 +171,8 @@ class DevicePathCompletion:
 class VmstateDevices(DevicePathCompletion, gdb.Command):
     """Print the device tree, or a device, subtree or field: vmstate-devices [PATH] [--depth N]
 
-Paths are as QEMU names the state: e.g. `vmstate-devices e1000`, `vmstate-devices
-e1000/mac_reg[0]`, `vmstate-devices 0000:00:03.0/e1000/full_mac_state`. Tab completes paths."""
+    Paths are as QEMU names the state: e.g. `vmstate-devices e1000`, `vmstate-devices
+    e1000/mac_reg[0]`, `vmstate-devices 0000:00:03.0/e1000/full_mac_state`. Tab completes paths."""
 
     command_name = "vmstate-devices"
 
@@ -182,16 +186,16 @@ e1000/mac_reg[0]`, `vmstate-devices 0000:00:03.0/e1000/full_mac_state`. Tab comp
         if "--depth" in args:
             i = args.index("--depth")
             depth = int(args[i + 1])
-            del args[i:i + 2]
+            del args[i : i + 2]
         gdb.write(SESSION.request("devices", path=" ".join(args), depth=depth)["text"])
 
 
 class VmstateSet(DevicePathCompletion, gdb.Command):
     """Edit one device field: vmstate-set PATH VALUE
 
-VALUE is an integer (42, 0x2a, -1) for integer fields, aa:bb:cc:dd:ee:ff for a 6-byte MAC
-buffer, or hex bytes for other buffers; it must fit the field's size. The edit is kept in the
-overlay until vmstate-save or vmstate-revert."""
+    VALUE is an integer (42, 0x2a, -1) for integer fields, aa:bb:cc:dd:ee:ff for a 6-byte MAC
+    buffer, or hex bytes for other buffers; it must fit the field's size. The edit is kept in the
+    overlay until vmstate-save or vmstate-revert."""
 
     command_name = "vmstate-set"
 
@@ -210,10 +214,10 @@ overlay until vmstate-save or vmstate-revert."""
 class VmstateMac(gdb.Command):
     """Show or change a NIC's MAC: vmstate-mac [NIC] [NEW_MAC] [--memory]
 
-Without NEW_MAC, print the MAC of each NIC (or of NIC). With it, change every copy the device
-keeps (virtio-net: mac and the config space; e1000: RA registers, full_mac_state and the EEPROM
-with its checksum; rtl8139: phys, conf.macaddr, EEPROM; e1000e likewise). --memory also replaces
-every occurrence of the old MAC in guest RAM, listed as they are patched."""
+    Without NEW_MAC, print the MAC of each NIC (or of NIC). With it, change every copy the device
+    keeps (virtio-net: mac and the config space; e1000: RA registers, full_mac_state and the EEPROM
+    with its checksum; rtl8139: phys, conf.macaddr, EEPROM; e1000e likewise). --memory also replaces
+    every occurrence of the old MAC in guest RAM, listed as they are patched."""
 
     command_name = "vmstate-mac"
 
@@ -227,7 +231,9 @@ every occurrence of the old MAC in guest RAM, listed as they are patched."""
         args = [a for a in args if a != "--memory"]
         nic = new = None
         if len(args) == 1:
-            (nic, new) = (None, args[0]) if args[0].count(":") == 5 or args[0].count("-") == 5 else (args[0], None)
+            (nic, new) = (
+                (None, args[0]) if args[0].count(":") == 5 or args[0].count("-") == 5 else (args[0], None)
+            )
         elif len(args) == 2:
             nic, new = args
         elif args:
@@ -259,7 +265,7 @@ class VmstateRevert(gdb.Command):
 class VmstateSave(gdb.Command):
     """Write a new snapshot with the pending edits: vmstate-save OUT
 
-OUT is of the same kind as the input (stream or qcow2); the input file is never written."""
+    OUT is of the same kind as the input (stream or qcow2); the input file is never written."""
 
     command_name = "vmstate-save"
 
@@ -276,5 +282,14 @@ OUT is of the same kind as the input (stream or qcow2); the input file is never 
         gdb.write(SESSION.request("save", out=os.path.abspath(os.path.expanduser(args[0])))["text"])
 
 
-COMMANDS = (VmstateHelp, VmstateOpen, VmstateClose, InfoVmstate, VmstateDevices, VmstateSet, VmstateMac,
-            VmstateRevert, VmstateSave)
+COMMANDS = (
+    VmstateHelp,
+    VmstateOpen,
+    VmstateClose,
+    InfoVmstate,
+    VmstateDevices,
+    VmstateSet,
+    VmstateMac,
+    VmstateRevert,
+    VmstateSave,
+)

@@ -16,7 +16,7 @@ def _path(arg: gdb.Value) -> str:
 
 class VmstateDev(gdb.Function):
     """$vmstate_dev("PATH"): a device field's value. Integers are 64-bit integers; buffers are
-arrays of unsigned char (a MAC prints as 6 bytes with p/x)."""
+    arrays of unsigned char (a MAC prints as 6 bytes with p/x)."""
 
     def __init__(self):
         super().__init__("vmstate_dev")

@@ -55,8 +55,17 @@ class Session:
         self.directory = tempfile.mkdtemp(prefix="vmstate-gdb-")
         os.chmod(self.directory, 0o700)
         self.socket = os.path.join(self.directory, "gdb.sock")
-        argv = _python() + ["-m", "vmstate_gdb.rsp", "--socket", self.socket, "--once",
-                            "--parent-pid", str(os.getpid()), "--accept-timeout", "120"]
+        argv = _python() + [
+            "-m",
+            "vmstate_gdb.rsp",
+            "--socket",
+            self.socket,
+            "--once",
+            "--parent-pid",
+            str(os.getpid()),
+            "--accept-timeout",
+            "120",
+        ]
         if snapshot:
             argv += ["--snapshot", snapshot]
         argv.append(path)
@@ -64,8 +73,14 @@ class Session:
         log = open(os.path.join(self.directory, "server.log"), "wb")
         try:
             # Own session: a Ctrl-C typed at gdb must not reach the server.
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                            stderr=log, env=env, start_new_session=True)
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
         except OSError as e:
             self.close()
             raise SessionError(f"cannot start the snapshot server ({argv[0]}): {e.strerror or e}") from None

@@ -47,11 +47,17 @@ def listen(args) -> socket.socket:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("snap", metavar="SNAPSHOT", help="migration stream, libvirt save file or qcow2 image")
-    p.add_argument("--snapshot", metavar="NAME", help="internal snapshot of a qcow2 image (default: the only one)")
+    p.add_argument(
+        "--snapshot", metavar="NAME", help="internal snapshot of a qcow2 image (default: the only one)"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="PATH", help="listen on a Unix socket (gdb: target remote PATH)")
-    where.add_argument("--listen", metavar="[HOST:]PORT", default="127.0.0.1:1234",
-                       help="listen on TCP (default 127.0.0.1:1234)")
+    where.add_argument(
+        "--listen",
+        metavar="[HOST:]PORT",
+        default="127.0.0.1:1234",
+        help="listen on TCP (default 127.0.0.1:1234)",
+    )
     p.add_argument("--once", action="store_true", help="exit when the first client disconnects")
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--accept-timeout", type=float, default=None, help=argparse.SUPPRESS)
@@ -72,7 +78,7 @@ def run(args) -> int:
         except OSError as e:
             print(f"error: cannot listen on {args.socket or args.listen}: {e.strerror or e}", flush=True)
             return 1
-        where = args.socket or "%s:%d" % sock.getsockname()[:2]
+        where = args.socket or "{}:{}".format(*sock.getsockname()[:2])
         print(f"ready {where} vcpus={snap.ncpus}", flush=True)
         if args.accept_timeout:
             sock.settimeout(args.accept_timeout)

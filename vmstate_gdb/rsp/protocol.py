@@ -91,8 +91,8 @@ class PacketConnection:
                 end = buf.find(b"#")
                 if end != -1 and len(buf) >= end + 3:
                     payload = bytes(buf[1:end])
-                    sent = bytes(buf[end + 1:end + 3])
-                    del buf[:end + 3]
+                    sent = bytes(buf[end + 1 : end + 3])
+                    del buf[: end + 3]
                     if self.ack:
                         ok = sent.lower() == b"%02x" % checksum(payload)
                         self.sock.sendall(b"+" if ok else b"-")

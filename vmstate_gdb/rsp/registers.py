@@ -16,8 +16,24 @@ from ..arch.x86_64.cpu import X86Cpu
 HF_CS64 = 1 << 15  # target/i386/cpu.h HF_CS64_SHIFT
 FPUS_TOP_SHIFT = 11  # x87 status word bits 11-13: TOP
 
-GDB_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+GDB_GPRS = (
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "rsp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+)
 SELECTORS = ("cs", "ss", "ds", "es", "fs", "gs")
 X87_CONTROL = ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")
 
@@ -64,54 +80,154 @@ def target_xml() -> str:
     explicit regnums so that the g packet keeps QEMU's order; k_gs_base, the control registers and
     EFER go in a feature of their own, as gdb has no standard one for them."""
     n = BY_NAME
-    eflags = _flags("i386_eflags", 4, [("CF", 0), ("", 1), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7),
-                                       ("TF", 8), ("IF", 9), ("DF", 10), ("OF", 11), ("NT", 14),
-                                       ("RF", 16), ("VM", 17), ("AC", 18), ("VIF", 19), ("VIP", 20),
-                                       ("ID", 21)])
-    core = (f'<feature name="org.gnu.gdb.i386.core">{eflags}'
-            + _regs(list(GDB_GPRS[:6]), 64, "int64")
-            + _regs(["rbp", "rsp"], 64, "data_ptr")
-            + _regs(list(GDB_GPRS[8:]), 64, "int64")
-            + _regs(["rip"], 64, "code_ptr") + _regs(["eflags"], 32, "i386_eflags")
-            + _regs(list(SELECTORS), 32, "int32")
-            + _regs([f"st{i}" for i in range(8)], 80, "i387_ext", first=n["st0"].number)
-            + _regs(list(X87_CONTROL), 32, "int", group="float")
-            + "</feature>")
-    segments = ('<feature name="org.gnu.gdb.i386.segments">'
-                + _regs(["fs_base", "gs_base"], 64, "int64", first=n["fs_base"].number) + "</feature>")
-    cr0 = _flags("i386_cr0", 8, [("PE", 0), ("MP", 1), ("EM", 2), ("TS", 3), ("ET", 4), ("NE", 5),
-                                 ("WP", 16), ("AM", 18), ("NW", 29), ("CD", 30), ("PG", 31)])
-    cr4 = _flags("i386_cr4", 8, [("VME", 0), ("PVI", 1), ("TSD", 2), ("DE", 3), ("PSE", 4), ("PAE", 5),
-                                 ("MCE", 6), ("PGE", 7), ("PCE", 8), ("OSFXSR", 9), ("OSXMMEXCPT", 10),
-                                 ("UMIP", 11), ("LA57", 12), ("VMXE", 13), ("SMXE", 14),
-                                 ("FSGSBASE", 16), ("PCIDE", 17), ("OSXSAVE", 18), ("SMEP", 20),
-                                 ("SMAP", 21), ("PKE", 22)])
-    efer = _flags("i386_efer", 8, [("SCE", 0), ("LME", 8), ("LMA", 10), ("NXE", 11), ("SVME", 12),
-                                   ("LMSLE", 13), ("FFXSR", 14), ("TCE", 15)])
-    system = (f'<feature name="org.qemu.gdb.i386.system">{cr0}{cr4}{efer}'
-              + _regs(["k_gs_base"], 64, "int64", first=n["k_gs_base"].number, group="system")
-              + _regs(["cr0"], 64, "i386_cr0", group="system")
-              + _regs(["cr2", "cr3"], 64, "int64", group="system")
-              + _regs(["cr4"], 64, "i386_cr4", group="system")
-              + _regs(["cr8"], 64, "int64", group="system")
-              + _regs(["efer"], 64, "i386_efer", group="system")
-              + "</feature>")
-    mxcsr = _flags("i386_mxcsr", 4, [("IE", 0), ("DE", 1), ("ZE", 2), ("OE", 3), ("UE", 4), ("PE", 5),
-                                     ("DAZ", 6), ("IM", 7), ("DM", 8), ("ZM", 9), ("OM", 10), ("UM", 11),
-                                     ("PM", 12), ("FZ", 15)])
-    vec = ('<vector id="v8bf16" type="bfloat16" count="8"/><vector id="v4f" type="ieee_single" count="4"/>'
-           '<vector id="v2d" type="ieee_double" count="2"/><vector id="v16i8" type="int8" count="16"/>'
-           '<vector id="v8i16" type="int16" count="8"/><vector id="v4i32" type="int32" count="4"/>'
-           '<vector id="v2i64" type="int64" count="2"/>'
-           '<union id="vec128"><field name="v8_bfloat16" type="v8bf16"/><field name="v4_float" type="v4f"/>'
-           '<field name="v2_double" type="v2d"/><field name="v16_int8" type="v16i8"/>'
-           '<field name="v8_int16" type="v8i16"/><field name="v4_int32" type="v4i32"/>'
-           '<field name="v2_int64" type="v2i64"/><field name="uint128" type="uint128"/></union>')
-    sse = (f'<feature name="org.gnu.gdb.i386.sse">{vec}{mxcsr}'
-           + _regs([f"xmm{i}" for i in range(16)], 128, "vec128", first=n["xmm0"].number)
-           + _regs(["mxcsr"], 32, "i386_mxcsr", group="vector") + "</feature>")
-    return ('<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd"><target version="1.0">'
-            "<architecture>i386:x86-64</architecture>" + core + segments + system + sse + "</target>")
+    eflags = _flags(
+        "i386_eflags",
+        4,
+        [
+            ("CF", 0),
+            ("", 1),
+            ("PF", 2),
+            ("AF", 4),
+            ("ZF", 6),
+            ("SF", 7),
+            ("TF", 8),
+            ("IF", 9),
+            ("DF", 10),
+            ("OF", 11),
+            ("NT", 14),
+            ("RF", 16),
+            ("VM", 17),
+            ("AC", 18),
+            ("VIF", 19),
+            ("VIP", 20),
+            ("ID", 21),
+        ],
+    )
+    core = (
+        f'<feature name="org.gnu.gdb.i386.core">{eflags}'
+        + _regs(list(GDB_GPRS[:6]), 64, "int64")
+        + _regs(["rbp", "rsp"], 64, "data_ptr")
+        + _regs(list(GDB_GPRS[8:]), 64, "int64")
+        + _regs(["rip"], 64, "code_ptr")
+        + _regs(["eflags"], 32, "i386_eflags")
+        + _regs(list(SELECTORS), 32, "int32")
+        + _regs([f"st{i}" for i in range(8)], 80, "i387_ext", first=n["st0"].number)
+        + _regs(list(X87_CONTROL), 32, "int", group="float")
+        + "</feature>"
+    )
+    segments = (
+        '<feature name="org.gnu.gdb.i386.segments">'
+        + _regs(["fs_base", "gs_base"], 64, "int64", first=n["fs_base"].number)
+        + "</feature>"
+    )
+    cr0 = _flags(
+        "i386_cr0",
+        8,
+        [
+            ("PE", 0),
+            ("MP", 1),
+            ("EM", 2),
+            ("TS", 3),
+            ("ET", 4),
+            ("NE", 5),
+            ("WP", 16),
+            ("AM", 18),
+            ("NW", 29),
+            ("CD", 30),
+            ("PG", 31),
+        ],
+    )
+    cr4 = _flags(
+        "i386_cr4",
+        8,
+        [
+            ("VME", 0),
+            ("PVI", 1),
+            ("TSD", 2),
+            ("DE", 3),
+            ("PSE", 4),
+            ("PAE", 5),
+            ("MCE", 6),
+            ("PGE", 7),
+            ("PCE", 8),
+            ("OSFXSR", 9),
+            ("OSXMMEXCPT", 10),
+            ("UMIP", 11),
+            ("LA57", 12),
+            ("VMXE", 13),
+            ("SMXE", 14),
+            ("FSGSBASE", 16),
+            ("PCIDE", 17),
+            ("OSXSAVE", 18),
+            ("SMEP", 20),
+            ("SMAP", 21),
+            ("PKE", 22),
+        ],
+    )
+    efer = _flags(
+        "i386_efer",
+        8,
+        [
+            ("SCE", 0),
+            ("LME", 8),
+            ("LMA", 10),
+            ("NXE", 11),
+            ("SVME", 12),
+            ("LMSLE", 13),
+            ("FFXSR", 14),
+            ("TCE", 15),
+        ],
+    )
+    system = (
+        f'<feature name="org.qemu.gdb.i386.system">{cr0}{cr4}{efer}'
+        + _regs(["k_gs_base"], 64, "int64", first=n["k_gs_base"].number, group="system")
+        + _regs(["cr0"], 64, "i386_cr0", group="system")
+        + _regs(["cr2", "cr3"], 64, "int64", group="system")
+        + _regs(["cr4"], 64, "i386_cr4", group="system")
+        + _regs(["cr8"], 64, "int64", group="system")
+        + _regs(["efer"], 64, "i386_efer", group="system")
+        + "</feature>"
+    )
+    mxcsr = _flags(
+        "i386_mxcsr",
+        4,
+        [
+            ("IE", 0),
+            ("DE", 1),
+            ("ZE", 2),
+            ("OE", 3),
+            ("UE", 4),
+            ("PE", 5),
+            ("DAZ", 6),
+            ("IM", 7),
+            ("DM", 8),
+            ("ZM", 9),
+            ("OM", 10),
+            ("UM", 11),
+            ("PM", 12),
+            ("FZ", 15),
+        ],
+    )
+    vec = (
+        '<vector id="v8bf16" type="bfloat16" count="8"/><vector id="v4f" type="ieee_single" count="4"/>'
+        '<vector id="v2d" type="ieee_double" count="2"/><vector id="v16i8" type="int8" count="16"/>'
+        '<vector id="v8i16" type="int16" count="8"/><vector id="v4i32" type="int32" count="4"/>'
+        '<vector id="v2i64" type="int64" count="2"/>'
+        '<union id="vec128"><field name="v8_bfloat16" type="v8bf16"/><field name="v4_float" type="v4f"/>'
+        '<field name="v2_double" type="v2d"/><field name="v16_int8" type="v16i8"/>'
+        '<field name="v8_int16" type="v8i16"/><field name="v4_int32" type="v4i32"/>'
+        '<field name="v2_int64" type="v2i64"/><field name="uint128" type="uint128"/></union>'
+    )
+    sse = (
+        f'<feature name="org.gnu.gdb.i386.sse">{vec}{mxcsr}'
+        + _regs([f"xmm{i}" for i in range(16)], 128, "vec128", first=n["xmm0"].number)
+        + _regs(["mxcsr"], 32, "i386_mxcsr", group="vector")
+        + "</feature>"
+    )
+    return (
+        '<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd"><target version="1.0">'
+        "<architecture>i386:x86-64</architecture>" + core + segments + system + sse + "</target>"
+    )
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -167,9 +283,19 @@ def read_register(cpu: X86Cpu, reg: Register) -> int:
         return cpu["eflags"] & 0xFFFFFFFF
     if name in SELECTORS:
         return cpu[f"{name}.selector"]
-    simple = {"fs_base": "fs.base", "gs_base": "gs.base", "k_gs_base": "kernel_gs_base", "cr0": "cr0",
-              "cr2": "cr2", "cr3": "cr3", "cr4": "cr4", "efer": "efer", "fctrl": "fpuc", "fstat": "fpus",
-              "mxcsr": "mxcsr"}
+    simple = {
+        "fs_base": "fs.base",
+        "gs_base": "gs.base",
+        "k_gs_base": "kernel_gs_base",
+        "cr0": "cr0",
+        "cr2": "cr2",
+        "cr3": "cr3",
+        "cr4": "cr4",
+        "efer": "efer",
+        "fctrl": "fpuc",
+        "fstat": "fpus",
+        "mxcsr": "mxcsr",
+    }
     if name in simple:
         return cpu[simple[name]]
     if name == "cr8":
@@ -208,9 +334,20 @@ def fields_for_write(cpu: X86Cpu, reg: Register, value: int) -> list[tuple[str, 
         return [(name, value & 0xFFFFFFFF)]
     if name == "rip":
         return [("rip", value if long_mode else value & 0xFFFFFFFF)]
-    simple = {"eflags": "eflags", "fs_base": "fs.base", "gs_base": "gs.base", "k_gs_base": "kernel_gs_base",
-              "cr0": "cr0", "cr2": "cr2", "cr3": "cr3", "cr4": "cr4", "efer": "efer", "fctrl": "fpuc",
-              "fstat": "fpus", "mxcsr": "mxcsr"}
+    simple = {
+        "eflags": "eflags",
+        "fs_base": "fs.base",
+        "gs_base": "gs.base",
+        "k_gs_base": "kernel_gs_base",
+        "cr0": "cr0",
+        "cr2": "cr2",
+        "cr3": "cr3",
+        "cr4": "cr4",
+        "efer": "efer",
+        "fctrl": "fpuc",
+        "fstat": "fpus",
+        "mxcsr": "mxcsr",
+    }
     if name in simple:
         return [(simple[name], value)]
     if name.startswith("st"):

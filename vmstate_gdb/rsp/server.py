@@ -27,8 +27,10 @@ PACKET_SIZE = 0x40000  # advertised PacketSize: 128 KiB of memory per m reply
 SIGTRAP = 5
 EFAULT = b"E0e"  # gdb prints "Cannot access memory at address ..." for any error reply to m
 STEPBITS = b"ENABLE=1,NOIRQ=2,NOTIMER=4"  # what QEMU answers to qqemu.sstepbits
-CANNOT_RUN = ("vmstate_gdb: a snapshot cannot run; the vCPUs stay where they stopped. Edit registers "
-              "and memory here, then `vmstate-save OUT` and resume OUT in QEMU.\n")
+CANNOT_RUN = (
+    "vmstate_gdb: a snapshot cannot run; the vCPUs stay where they stopped. Edit registers "
+    "and memory here, then `vmstate-save OUT` and resume OUT in QEMU.\n"
+)
 
 
 def _hex_json(value) -> bytes:
@@ -165,12 +167,14 @@ class SnapshotServer:
 
     def _query(self, p: bytes) -> bytes:
         if p.startswith(b"qSupported"):
-            return (b"PacketSize=%x;qXfer:features:read+;QStartNoAckMode+;qSearch:memory+;"
-                    b"vContSupported+" % PACKET_SIZE)
+            return (
+                b"PacketSize=%x;qXfer:features:read+;QStartNoAckMode+;qSearch:memory+;"
+                b"vContSupported+" % PACKET_SIZE
+            )
         if p == b"QStartNoAckMode":
             return b"OK"
         if p.startswith(b"qXfer:features:read:"):
-            annex, _, span = p[len(b"qXfer:features:read:"):].partition(b":")
+            annex, _, span = p[len(b"qXfer:features:read:") :].partition(b":")
             if annex != b"target.xml":
                 return b"E00"
             off, _, length = span.partition(b",")
@@ -182,7 +186,7 @@ class SnapshotServer:
         if p == b"qC":
             return b"QC%02x" % self.thread
         if p.startswith(b"qThreadExtraInfo,"):
-            t = self._parse_thread(p[len(b"qThreadExtraInfo,"):])
+            t = self._parse_thread(p[len(b"qThreadExtraInfo,") :])
             cpu = self.snap.cpu(t - 1)
             text = f"CPU#{cpu.index} [{'halted ' if cpu.halted else 'running'}] {cpu.cpu_mode}"
             return text.encode().hex().encode()
@@ -195,14 +199,14 @@ class SnapshotServer:
         if p == b"qTStatus":
             return b""
         if p.startswith(b"qRcmd,"):
-            command = bytes.fromhex(p[len(b"qRcmd,"):].decode()).decode(errors="replace")
+            command = bytes.fromhex(p[len(b"qRcmd,") :].decode()).decode(errors="replace")
             try:
                 text = run_monitor(self, command)
             except VmstateError as e:
                 text = f"{e}\n"
             return text.encode().hex().encode() if text else b"OK"
         if p.startswith(b"qSearch:memory:"):
-            return self._search(p[len(b"qSearch:memory:"):])
+            return self._search(p[len(b"qSearch:memory:") :])
         if p == b"qqemu.sstepbits":
             return STEPBITS
         if p.startswith(b"Qqemu.sstepbits="):
@@ -214,12 +218,12 @@ class SnapshotServer:
             self.physical_mode = p.endswith(b":1")
             return b"OK"
         if p.startswith(b"qvmstate."):
-            return self._vmstate_op(p[len(b"qvmstate."):])
+            return self._vmstate_op(p[len(b"qvmstate.") :])
         return b""
 
     @staticmethod
     def _xfer(data: bytes, offset: int, length: int) -> bytes:
-        chunk = data[offset:offset + length]
+        chunk = data[offset : offset + length]
         return (b"m" if offset + length < len(data) else b"l") + escape_binary(chunk)
 
     def _vmstate_op(self, body: bytes) -> bytes:
@@ -318,7 +322,7 @@ class SnapshotServer:
         pos = 0
         for reg in regs.REGISTERS:
             size = reg.bits // 8
-            chunk = data[pos:pos + size]
+            chunk = data[pos : pos + size]
             pos += size
             if len(chunk) < size:
                 break
@@ -331,7 +335,7 @@ class SnapshotServer:
         if number >= len(regs.REGISTERS):
             return b"E00"
         reg = regs.REGISTERS[number]
-        self.write_register(reg, int.from_bytes(data[:reg.bits // 8], "little"))
+        self.write_register(reg, int.from_bytes(data[: reg.bits // 8], "little"))
         return b"OK"
 
     def write_register(self, reg: regs.Register, value: int) -> None:
@@ -365,7 +369,11 @@ class SnapshotServer:
             return
         if not cpu["cr0"] & 1 or cpu["eflags"] & (1 << 17):
             dpl = 3 if cpu["eflags"] & (1 << 17) else 0
-            base, limit, flags = selector << 4, 0xFFFF, (1 << 15) | (1 << 12) | (1 << 9) | (1 << 8) | dpl << 13
+            base, limit, flags = (
+                selector << 4,
+                0xFFFF,
+                (1 << 15) | (1 << 12) | (1 << 9) | (1 << 8) | dpl << 13,
+            )
         else:
             table = cpu["ldt.base"] if selector & 4 else cpu["gdt.base"]
             table_limit = cpu["ldt.limit"] if selector & 4 else cpu["gdt.limit"]
@@ -383,14 +391,17 @@ class SnapshotServer:
             self.snap.set_register(cpu.index, f"{name}.{field}", value)
 
 
-def serve_socket(snap: Snapshot, listener: socket.socket, once: bool = True,
-                 log: Callable[[str], None] | None = None) -> None:
+def serve_socket(
+    snap: Snapshot, listener: socket.socket, once: bool = True, log: Callable[[str], None] | None = None
+) -> None:
     """Accept clients on ``listener``; with ``once``, return after the first one leaves."""
     while True:
         conn, _ = listener.accept()
         server = SnapshotServer(snap, log)
         try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1) if conn.family != socket.AF_UNIX else None
+            conn.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+            ) if conn.family != socket.AF_UNIX else None
             server.serve(conn)
         except (ConnectionError, OSError) as e:
             if log:

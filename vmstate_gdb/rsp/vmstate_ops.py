@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 try:
     from ..devices.format import format_value
 except ImportError:  # pragma: no cover - the formatter module is optional
+
     def format_value(node: Leaf, value, limit: int = 64) -> str:  # type: ignore[misc]
         if isinstance(value, int):
             return f"{value:#x}" if value < 0 or value > 9 else str(value)
@@ -31,8 +32,12 @@ def _nics(server: SnapshotServer) -> list[dict]:
 def facts(server: SnapshotServer) -> dict:
     """The headline facts, for the convenience variables set on open."""
     snap = server.snap
-    return {"path": snap.path, "ncpus": snap.ncpus, "nics": _nics(server),
-            "machine_type": snap.index.machine_type}
+    return {
+        "path": snap.path,
+        "ncpus": snap.ncpus,
+        "nics": _nics(server),
+        "machine_type": snap.index.machine_type,
+    }
 
 
 def describe(server: SnapshotServer) -> dict:
@@ -42,9 +47,13 @@ def describe(server: SnapshotServer) -> dict:
     lines.append(f"RAM blocks: {len(snap.index.ram.blocks)}, {ram >> 20} MiB")
     for cpu in snap.cpus:
         mark = "*" if cpu.index == server.cpu_index() else " "
-        lines.append(f"{mark} vCPU {cpu.index} (thread {cpu.index + 1}): {cpu.cpu_mode} mode, "
-                     f"{cpu.paging_mode} paging, rip={cpu['rip']:#x}{', halted' if cpu.halted else ''}")
-    lines.append(f"memory accesses: {'guest-physical' if server.physical_mode else 'virtual (selected vCPU)'}")
+        lines.append(
+            f"{mark} vCPU {cpu.index} (thread {cpu.index + 1}): {cpu.cpu_mode} mode, "
+            f"{cpu.paging_mode} paging, rip={cpu['rip']:#x}{', halted' if cpu.halted else ''}"
+        )
+    lines.append(
+        f"memory accesses: {'guest-physical' if server.physical_mode else 'virtual (selected vCPU)'}"
+    )
     for nic in _nics(server):
         lines.append(f"NIC {nic['name']} ({nic['model']}): {nic['mac']}")
     edits = snap.edits
@@ -54,8 +63,12 @@ def describe(server: SnapshotServer) -> dict:
         lines.append(f"pending edits: {len(edits.pages)} RAM page(s), {len(edits.patches)} field(s)")
         for p in edits.patches:
             lines.append(f"  {p.what}")
-    return {"text": "\n".join(lines) + "\n", "edited": bool(edits), "pages": len(edits.pages),
-            "fields": [p.what for p in edits.patches]}
+    return {
+        "text": "\n".join(lines) + "\n",
+        "edited": bool(edits),
+        "pages": len(edits.pages),
+        "fields": [p.what for p in edits.patches],
+    }
 
 
 # -- device tree ------------------------------------------------------------------------------
@@ -65,13 +78,17 @@ def _render(server: SnapshotServer, node: Node, lines: list[str], indent: int, d
     snap = server.snap
     pad = "  " * indent
     if isinstance(node, Leaf):
-        lines.append(f"{pad}{node.name} = {format_value(node, node.value(snap.read_stream))}   "
-                     f"[{node.type}, {node.size} bytes]")
+        lines.append(
+            f"{pad}{node.name} = {format_value(node, node.value(snap.read_stream))}   "
+            f"[{node.type}, {node.size} bytes]"
+        )
         return
     if isinstance(node, Array):
         if depth <= 0 or node.count > 64:
-            lines.append(f"{pad}{node.name}: {node.count} x {node.element_size} bytes"
-                         + (" (name an element, e.g. [0])" if node.count > 64 else ""))
+            lines.append(
+                f"{pad}{node.name}: {node.count} x {node.element_size} bytes"
+                + (" (name an element, e.g. [0])" if node.count > 64 else "")
+            )
             return
         lines.append(f"{pad}{node.name}: {node.count} x {node.element_size} bytes")
         for i in range(node.count):
@@ -87,8 +104,10 @@ def _render(server: SnapshotServer, node: Node, lines: list[str], indent: int, d
 def devices(server: SnapshotServer, path: str = "", depth: int = 8) -> dict:
     tree = server.snap.devices
     if not path:
-        lines = [f"{d.key:<44} {d.model:<22} {d.section.body_size:>8} bytes"
-                 f"{'' if d.root.vmsd_name else '  (raw)'}" for d in tree.devices]
+        lines = [
+            f"{d.key:<44} {d.model:<22} {d.section.body_size:>8} bytes{'' if d.root.vmsd_name else '  (raw)'}"
+            for d in tree.devices
+        ]
         return {"text": "\n".join(lines) + "\n"}
     lines: list[str] = []
     _render(server, tree.resolve(path), lines, 0, depth)
@@ -208,7 +227,9 @@ def save(server: SnapshotServer, out: str) -> dict:
     try:
         from ..writer import save as write_snapshot
     except ImportError:
-        raise VmstateError("saving is not available yet in this build (vmstate_gdb.writer is missing)") from None
+        raise VmstateError(
+            "saving is not available yet in this build (vmstate_gdb.writer is missing)"
+        ) from None
     result = write_snapshot(server.snap, out)
     summary = result.summary() if hasattr(result, "summary") else f"wrote {out}"
     return {"text": summary + "\n"}
