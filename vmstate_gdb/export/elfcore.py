@@ -1,0 +1,473 @@
+"""An ELF64 core of the guest, laid out as QEMU's `dump-guest-memory` writes one (dump/dump.c).
+
+Layout: ELF header, program headers (PT_NOTE first, then one PT_LOAD per guest-physical RAM range),
+the notes (NT_PRSTATUS per vCPU, then QEMU's "QEMU" CPU-state note per vCPU, then the guest's
+VMCOREINFO note if it has one), then guest RAM, range after range, page aligned. Zero pages are holes,
+so the file is sparse; RAM is streamed page by page and never held in memory.
+
+Physical cores set ``p_vaddr = p_paddr``, as QEMU does since v4.0 (commit "dump: Set correct vaddr for
+ELF dump"), so gdb does not stack every segment at 0. With ``virtual=True`` the PT_LOADs are the
+vCPU's supervisor mappings (the kernel's, through its page tables), coalesced into runs; like
+QEMU's paging dump, they point into the one copy of physical RAM in the file (several virtual
+mappings of a page share its bytes), and ``p_paddr`` still names the guest-physical address.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ..arch.x86_64.cpu import X86Cpu
+from ..errors import SaveError, UnsupportedError, VmstateError
+from ..machine import PhysicalRange
+from ..snapshot import Snapshot
+from ..stream.ram import PAGE_ABSENT, PAGE_ZERO
+
+# include/elf.h
+ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE, EM_X86_64 = 2, 1, 1, 4, 62
+PT_LOAD, PT_NOTE = 1, 4
+NT_PRSTATUS = 1
+PN_XNUM = 0xFFFF
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+PHDR = struct.Struct("<IIQQQQQQ")
+NHDR = struct.Struct("<III")
+
+# target/i386/arch_dump.c: x86_64_elf_prstatus is pad1[32], pid, pad2[76], user_regs, pad3[8].
+PRSTATUS_SIZE = 336
+PRSTATUS_PID_OFFSET = 32
+PRSTATUS_REGS_OFFSET = 112
+# x86_64_user_regs_struct, in order (Linux's struct user_regs_struct).
+USER_REGS = (
+    "r15",
+    "r14",
+    "r13",
+    "r12",
+    "rbp",
+    "rbx",
+    "r11",
+    "r10",
+    "r9",
+    "r8",
+    "rax",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "orig_rax",
+    "rip",
+    "cs",
+    "eflags",
+    "rsp",
+    "ss",
+    "fs_base",
+    "gs_base",
+    "ds",
+    "es",
+    "fs",
+    "gs",
+)
+# QEMUCPUState (arch_dump.c), QEMUCPUSTATE_VERSION 1; newer QEMU appends kernel_gs_base and
+# readers tell by the size field.
+QEMU_CPUSTATE_VERSION = 1
+QEMU_CPUSTATE_GPRS = (
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rsp",
+    "rbp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+    "rip",
+    "eflags",
+)
+QEMU_CPUSTATE_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr", "gdt", "idt")
+# hw/nvram/fw_cfg.h
+FW_CFG_VMCOREINFO_FORMAT_ELF = 1
+VMCOREINFO_NAME = b"VMCOREINFO"
+DATA_ALIGN = 4096
+MAX_ALIASES = 8  # virtual mappings kept per physical page in --virtual cores
+
+
+def _align(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def make_note(name: bytes, note_type: int, desc: bytes) -> bytes:
+    """One ELF note: header, NUL-terminated name and desc, each padded to 4 bytes (as QEMU does)."""
+    name_z = name + b"\0"
+    return (
+        NHDR.pack(len(name_z), len(desc), note_type)
+        + name_z.ljust(_align(len(name_z), 4), b"\0")
+        + desc.ljust(_align(len(desc), 4), b"\0")
+    )
+
+
+def user_regs(cpu: X86Cpu) -> dict[str, int]:
+    """The x86_64 user_regs_struct values QEMU puts in NT_PRSTATUS (orig_rax is always 0)."""
+    regs = {name: cpu[name] for name in USER_REGS if name in cpu.values}
+    regs.update(orig_rax=0, fs_base=cpu["fs.base"], gs_base=cpu["gs.base"])
+    for seg in ("cs", "ss", "ds", "es", "fs", "gs"):
+        regs[seg] = cpu[f"{seg}.selector"]
+    return regs
+
+
+def prstatus_note(cpu: X86Cpu) -> bytes:
+    desc = bytearray(PRSTATUS_SIZE)
+    # QEMU's cpu_index() is cpu->cpu_index + 1: thread ids 1..N, as gdb shows them.
+    struct.pack_into("<I", desc, PRSTATUS_PID_OFFSET, cpu.index + 1)
+    regs = user_regs(cpu)
+    struct.pack_into("<27Q", desc, PRSTATUS_REGS_OFFSET, *(regs[n] & (2**64 - 1) for n in USER_REGS))
+    return make_note(b"CORE", NT_PRSTATUS, bytes(desc))
+
+
+def qemu_cpustate_note(cpu: X86Cpu) -> bytes:
+    body = b"".join(struct.pack("<Q", cpu[n]) for n in QEMU_CPUSTATE_GPRS)
+    for seg in QEMU_CPUSTATE_SEGMENTS:
+        body += struct.pack(
+            "<IIIIQ", cpu[f"{seg}.selector"], cpu[f"{seg}.limit"], cpu[f"{seg}.flags"], 0, cpu[f"{seg}.base"]
+        )
+    body += struct.pack("<5Q", cpu["cr0"], 0, cpu["cr2"], cpu["cr3"], cpu["cr4"])
+    body += struct.pack("<Q", cpu["kernel_gs_base"])
+    desc = struct.pack("<II", QEMU_CPUSTATE_VERSION, 8 + len(body)) + body
+    return make_note(b"QEMU", 0, desc)
+
+
+# -- VMCOREINFO ---------------------------------------------------------------------------------
+
+
+@dataclass
+class VmcoreInfo:
+    note: bytes  # the complete ELF note, as the guest wrote it
+    source: str  # where it came from, for the report
+
+    @property
+    def text(self) -> str:
+        namesz, descsz, _ = NHDR.unpack_from(self.note)
+        start = NHDR.size + _align(namesz, 4)
+        return self.note[start : start + descsz].decode("ascii", "replace")
+
+
+def _parse_guest_note(data: bytes) -> bytes | None:
+    if len(data) < NHDR.size:
+        return None
+    namesz, descsz, _ = NHDR.unpack_from(data)
+    size = NHDR.size + _align(namesz, 4) + _align(descsz, 4)
+    if namesz == 0 or namesz > 64 or descsz > 1 << 20 or size > len(data):
+        return None
+    return data[:size]
+
+
+def find_vmcoreinfo(snap: Snapshot) -> VmcoreInfo | None:
+    """The guest's VMCOREINFO note: from the `vmcoreinfo` device (fw_cfg etc/vmcoreinfo, filled by
+    Linux when QEMU runs with -device vmcoreinfo), else the note Linux keeps in RAM, found like
+    crash finds it: the note header "VMCOREINFO" followed by "OSRELEASE="."""
+    dev = snap.devices.device("vmcoreinfo")
+    if dev is not None:
+        try:
+            present = snap.field_value(f"{dev.key}/has_vmcoreinfo")
+            fmt = snap.field_value(f"{dev.key}/vmcoreinfo.guest_format")
+            size = snap.field_value(f"{dev.key}/vmcoreinfo.size")
+            paddr = snap.field_value(f"{dev.key}/vmcoreinfo.paddr")
+            if present and fmt == FW_CFG_VMCOREINFO_FORMAT_ELF and 0 < size <= 1 << 20:
+                note = _parse_guest_note(snap.physical.read(paddr, size))
+                if note is not None:
+                    return VmcoreInfo(note, f"fw_cfg etc/vmcoreinfo at physical {paddr:#x}")
+        except VmstateError:
+            pass
+    marker = VMCOREINFO_NAME + b"\0\0OSRELEASE="  # name padded to 4 bytes, then the text
+    for r in snap.physical.ranges:
+        if r.kind != "ram":
+            continue
+        pos = r.start
+        while True:
+            hit = snap.physical.search(marker, pos, r.end)
+            if hit is None:
+                break
+            head = hit - NHDR.size
+            if head >= r.start:
+                namesz, descsz, ntype = NHDR.unpack(snap.physical.read(head, NHDR.size))
+                if namesz == len(VMCOREINFO_NAME) + 1 and ntype == 0 and 0 < descsz <= 1 << 16:
+                    size = NHDR.size + 12 + _align(descsz, 4)
+                    note = snap.physical.readable_prefix(head, size)
+                    if len(note) == size:
+                        return VmcoreInfo(note, f"found in RAM at physical {head:#x}")
+            pos = hit + 1
+    return None
+
+
+# -- segments -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Segment:
+    vaddr: int
+    paddr: int
+    size: int
+    offset: int = 0  # file offset, set by the layout
+
+
+@dataclass
+class CoreLayout:
+    notes: bytes
+    segments: list[Segment]
+    data_offset: int  # where RAM starts in the file
+    range_offsets: list[tuple[PhysicalRange, int]]  # each physical range and its file offset
+    size: int
+    vmcoreinfo: VmcoreInfo | None = None
+    notes_text: list[str] = field(default_factory=list)
+
+
+def virtual_runs(
+    snap: Snapshot, cpu_index: int, include_user: bool = False, skipped: list[int] | None = None
+) -> Iterator[Segment]:
+    """The vCPU's present supervisor mappings clipped to guest RAM, coalesced where both the virtual
+    and the physical addresses run on. ``skipped[0]`` counts the aliases left out."""
+    skipped = skipped if skipped is not None else [0]
+    cpu = snap.cpu(cpu_index)
+    if cpu.paging_mode not in ("4-level", "5-level"):
+        raise UnsupportedError(
+            f"--virtual needs 4- or 5-level paging; vCPU {cpu_index} has paging "
+            f"{cpu.paging_mode!r} (write a physical core instead)"
+        )
+    ranges = snap.physical.ranges
+    run: Segment | None = None
+    seen: dict[int, int] = {}
+    for va, pa, size, _writable, user in snap.virtual(cpu_index).walker.mappings():
+        if user and not include_user:
+            continue
+        # A page mapped over and over (Linux's espfix stacks alias a few pages 64Ki times) would
+        # cost one program header per alias; keep the first few aliases of each page.
+        n = seen[pa] = seen.get(pa, 0) + 1
+        if n > MAX_ALIASES:
+            skipped[0] += 1
+            continue
+        for r in ranges:
+            lo, hi = max(pa, r.start), min(pa + size, r.end)
+            if lo >= hi:
+                continue
+            v = va + (lo - pa)
+            if (
+                run is not None
+                and run.vaddr + run.size == v
+                and run.paddr + run.size == lo
+                and run.paddr + run.size <= r.end
+                and run.paddr >= r.start
+            ):
+                run.size += hi - lo
+                continue
+            if run is not None:
+                yield run
+            run = Segment(v, lo, hi - lo)
+    if run is not None:
+        yield run
+
+
+def plan_core(snap: Snapshot, virtual: bool = False, cpu_index: int = 0) -> CoreLayout:
+    cpus = snap.cpus
+    notes = b"".join(prstatus_note(c) for c in cpus) + b"".join(qemu_cpustate_note(c) for c in cpus)
+    text = [f"{len(cpus)} vCPU(s): NT_PRSTATUS and QEMU CPU state"]
+    info = find_vmcoreinfo(snap)
+    if info is not None:
+        notes += info.note
+        text.append(f"VMCOREINFO ({info.source})")
+    else:
+        text.append("no VMCOREINFO: the guest published none (no vmcoreinfo device, no note in RAM)")
+    ranges = list(snap.physical.ranges)
+    if virtual:
+        skipped = [0]
+        segments = list(virtual_runs(snap, cpu_index, skipped=skipped))
+        if not segments:
+            raise UnsupportedError(f"vCPU {cpu_index}'s page tables map no guest RAM")
+        text.append(
+            f"virtual segments from vCPU {cpu_index}'s page tables (cr3={snap.cpu(cpu_index)['cr3']:#x})"
+            + (f", {skipped[0]} aliased mappings left out" if skipped[0] else "")
+        )
+    else:
+        segments = [Segment(r.start, r.start, r.size) for r in ranges]
+    phnum = 1 + len(segments)
+    if phnum >= PN_XNUM:
+        raise UnsupportedError(f"{len(segments)} segments; more than ELF's {PN_XNUM - 1} program headers")
+    notes_offset = EHDR.size + PHDR.size * phnum
+    data_offset = _align(notes_offset + len(notes), DATA_ALIGN)
+    range_offsets = []
+    pos = data_offset
+    for r in ranges:
+        range_offsets.append((r, pos))
+        pos += _align(r.size, DATA_ALIGN)
+    for s in segments:
+        for r, off in range_offsets:
+            if r.start <= s.paddr < r.end:
+                s.offset = off + s.paddr - r.start
+                break
+    return CoreLayout(notes, segments, data_offset, range_offsets, pos, info, text)
+
+
+def _headers(layout: CoreLayout) -> bytes:
+    phnum = 1 + len(layout.segments)
+    ident = b"\x7fELF" + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
+    out = EHDR.pack(
+        ident, ET_CORE, EM_X86_64, EV_CURRENT, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, phnum, 0, 0, 0
+    )
+    notes_offset = EHDR.size + PHDR.size * phnum
+    out += PHDR.pack(PT_NOTE, 0, notes_offset, 0, 0, len(layout.notes), len(layout.notes), 0)
+    for s in layout.segments:
+        # p_flags 0 and p_align 0, as QEMU writes them
+        out += PHDR.pack(PT_LOAD, 0, s.offset, s.vaddr, s.paddr, s.size, s.size, 0)
+    return out
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CoreResult:
+    path: str
+    layout: CoreLayout
+    data_pages: int
+    zero_pages: int
+
+    def summary(self) -> str:
+        kind = "virtual" if any(s.vaddr != s.paddr for s in self.layout.segments) else "physical"
+        return (
+            f"wrote {self.path}: ELF64 core, {len(self.layout.segments)} PT_LOAD ({kind}), "
+            f"{self.data_pages} data pages, {self.zero_pages} zero pages as holes; "
+            + "; ".join(self.layout.notes_text)
+        )
+
+
+def write_core(
+    snap: Snapshot,
+    out: str,
+    virtual: bool = False,
+    cpu_index: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> CoreResult:
+    if os.path.exists(out) and os.path.realpath(out) == os.path.realpath(snap.path):
+        raise SaveError("refusing to overwrite the input snapshot", out)
+    layout = plan_core(snap, virtual, cpu_index)
+    tmp = out + ".part"
+    data_pages = zero_pages = 0
+    total = sum(r.size for r, _ in layout.range_offsets)
+    done = 0
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_headers(layout))
+            f.write(layout.notes)
+            for r, offset in layout.range_offsets:
+                for page_offset, data in _range_pages(snap, r):
+                    if data is None:
+                        zero_pages += 1
+                    else:
+                        f.seek(offset + page_offset)
+                        f.write(data)
+                        data_pages += 1
+                    done += DATA_ALIGN
+                    if progress and not done % (64 << 20):
+                        progress(done, total)
+            f.truncate(layout.size)
+        os.replace(tmp, out)
+    except OSError as e:
+        _unlink(tmp)
+        raise SaveError(f"cannot write: {e.strerror or e}", out) from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+    if progress:
+        progress(total, total)
+    return CoreResult(out, layout, data_pages, zero_pages)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _range_pages(snap: Snapshot, r: PhysicalRange) -> Iterator[tuple[int, bytes | None]]:
+    """(offset in the range, page bytes or None for a zero page) for every page of a range."""
+    ram = snap.ram
+    block = ram.blocks[r.block]
+    ps = block.page_size
+    if r.block_offset % ps or r.size % ps:
+        raise UnsupportedError(f"range {r.start:#x}+{r.size:#x} of {r.block} is not page aligned")
+    first = r.block_offset // ps
+    count = r.size // ps
+    pages = block.pages
+    overlay = ram.overlay
+    zero = bytes(ps)
+    buf = ram.buf
+    edited = {i for (name, i) in overlay.pages if name == block.name}
+    for i in range(count):
+        index = first + i
+        if index in edited:
+            data = bytes(overlay.page(block.name, index))
+        else:
+            loc = pages[index]
+            if loc == PAGE_ZERO or loc == PAGE_ABSENT:
+                yield i * ps, None
+                continue
+            data = bytes(buf[loc : loc + ps])
+        yield i * ps, (None if data == zero else data)
+
+
+def read_core_segments(path: str) -> list[Segment]:
+    """The PT_LOAD segments of a core file (any ELF64 little-endian core, not only ours)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(EHDR.size)
+            if len(head) < EHDR.size or head[:4] != b"\x7fELF":
+                raise VmstateError("not an ELF file", path)
+            if head[4] != ELFCLASS64 or head[5] != ELFDATA2LSB:
+                raise UnsupportedError("only ELF64 little-endian cores are read", path)
+            fields = EHDR.unpack(head)
+            phoff, phentsize, phnum = fields[5], fields[9], fields[10]
+            if fields[1] != ET_CORE:
+                raise VmstateError(f"ELF type {fields[1]} is not a core (ET_CORE)", path)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError as e:
+        raise VmstateError(f"cannot read: {e.strerror or e}", path) from None
+    out = []
+    for i in range(phnum):
+        p_type, _flags, offset, vaddr, paddr, filesz, _memsz, _align_ = PHDR.unpack_from(table, i * phentsize)
+        if p_type == PT_LOAD and filesz:
+            out.append(Segment(vaddr, paddr, filesz, offset))
+    return out
+
+
+def read_core_notes(path: str) -> list[tuple[bytes, int, bytes]]:
+    """(name, type, desc) of every note in the core's PT_NOTE segments."""
+    with open(path, "rb") as f:
+        head = f.read(EHDR.size)
+        fields = EHDR.unpack(head)
+        phoff, phentsize, phnum = fields[5], fields[9], fields[10]
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+        out = []
+        for i in range(phnum):
+            p_type, _fl, offset, _v, _p, filesz, _m, _a = PHDR.unpack_from(table, i * phentsize)
+            if p_type != PT_NOTE:
+                continue
+            f.seek(offset)
+            data = f.read(filesz)
+            pos = 0
+            while pos + NHDR.size <= len(data):
+                namesz, descsz, ntype = NHDR.unpack_from(data, pos)
+                pos += NHDR.size
+                name = data[pos : pos + namesz].rstrip(b"\0")
+                pos += _align(namesz, 4)
+                out.append((name, ntype, data[pos : pos + descsz]))
+                pos += _align(descsz, 4)
+    return out
