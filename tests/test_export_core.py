@@ -57,10 +57,17 @@ def test_note_padding_matches_qemu():
 
 @pytest.mark.unit
 def test_prstatus_layout_is_what_gdb_reads():
-    cpu = fake_cpu(1, rax=0x1111, rip=0xFFFFFFFF81000000, rsp=0x7000, r15=0xF15, eflags=0x246,
-                   **{"cs.selector": 0x10, "fs.base": 0xABC, "gs.base": 0xDEF})
+    cpu = fake_cpu(
+        1,
+        rax=0x1111,
+        rip=0xFFFFFFFF81000000,
+        rsp=0x7000,
+        r15=0xF15,
+        eflags=0x246,
+        **{"cs.selector": 0x10, "fs.base": 0xABC, "gs.base": 0xDEF},
+    )
     note = prstatus_note(cpu)
-    desc = note[12 + 8:]
+    desc = note[12 + 8 :]
     assert len(desc) == PRSTATUS_SIZE
     assert struct.unpack_from("<I", desc, 32)[0] == 2  # pr_pid = vCPU index + 1
     regs = dict(zip(USER_REGS, struct.unpack_from("<27Q", desc, PRSTATUS_REGS_OFFSET), strict=True))
@@ -71,12 +78,19 @@ def test_prstatus_layout_is_what_gdb_reads():
 
 @pytest.mark.unit
 def test_qemu_cpustate_note_layout():
-    cpu = fake_cpu(0, rax=1, rbx=2, rip=3, cr3=0x101000, kernel_gs_base=0x55,
-                   **{"cs.selector": 8, "cs.limit": 0xFFFFF, "cs.flags": 0xA09B00, "cs.base": 0})
+    cpu = fake_cpu(
+        0,
+        rax=1,
+        rbx=2,
+        rip=3,
+        cr3=0x101000,
+        kernel_gs_base=0x55,
+        **{"cs.selector": 8, "cs.limit": 0xFFFFF, "cs.flags": 0xA09B00, "cs.base": 0},
+    )
     note = qemu_cpustate_note(cpu)
     namesz, descsz, ntype = struct.unpack_from("<III", note)
     assert (namesz, ntype, note[12:16]) == (5, 0, b"QEMU")
-    desc = note[20:20 + descsz]
+    desc = note[20 : 20 + descsz]
     version, size = struct.unpack_from("<II", desc)
     assert version == 1 and size == descsz == 440
     assert struct.unpack_from("<QQ", desc, 8) == (1, 2)  # rax, rbx
@@ -140,8 +154,12 @@ def test_gdb_prints_the_snapshots_tick_and_rip(snapshot, tmp_path):
     assert meta.last_tick is None or tick == meta.last_tick.n
     virtual = str(tmp_path / "virtual.core")
     physical = str(tmp_path / "physical.core")
-    run = subprocess.run([sys.executable, "-m", "vmstate_gdb", "core", meta.path, virtual, "--virtual", "-q"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "vmstate_gdb", "core", meta.path, virtual, "--virtual", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     out = gdb_batch(str(SMALL_ELF), virtual, commands=["p tick", "p/x $rip", "p/x $r12", "info symbol $pc"])
     assert re.search(rf"^\$1 = {tick}$", out, re.M), out

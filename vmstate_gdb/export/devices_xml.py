@@ -84,15 +84,19 @@ def parse_leaf_value(node: Leaf, text, encoding: str | None) -> bytes:
 
 
 def _value_error(node: Leaf, text) -> str:
-    try:
-        if node.is_integer:
-            number = int(str(text).strip(), 0)
-            node.encode(number)
-    except ValueError as e:
-        if "out of range" in str(e):
-            return str(e)
-    what = f"an integer ({node.type}, {node.size} bytes)" if node.is_integer else f"{node.size} bytes"
-    return f"{node.path}: {str(text)[:40]!r} is not {what}"
+    if node.is_integer:
+        try:
+            int(str(text).strip(), 0)
+        except ValueError:
+            pass
+        else:
+            bits = 8 * node.size
+            lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if node.signed else (0, (1 << bits) - 1)
+            if node.type == "bool":
+                hi = 1
+            return f"{node.path}: {str(text).strip()} is out of range ({node.type}, {lo:#x}..{hi:#x})"
+        return f"{node.path}: {str(text)[:40]!r} is not an integer ({node.type}, {node.size} bytes)"
+    return f"{node.path}: {str(text)[:40]!r} is not {node.size} bytes"
 
 
 def parse_bytes(size: int, text: str, encoding: str, path: str) -> bytes:
