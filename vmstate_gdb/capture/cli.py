@@ -50,8 +50,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
         async with _monitors(args) as monitors:
             board = ProgressBoard(enabled=True if args.progress else None)
             try:
-                return await capture_vms(monitors, args.output, resume=not args.keep_stopped,
-                                         progress=board, timeout=args.timeout)
+                return await capture_vms(
+                    monitors, args.output, resume=not args.keep_stopped, progress=board, timeout=args.timeout
+                )
             finally:
                 board.done()
 
@@ -67,10 +68,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
         async with _monitors(args) as monitors:
             board = ProgressBoard(enabled=True if args.progress else None)
             try:
-                return await watch(monitors, triggers, serial_paths=_split(args.serial),
-                                   out_dir=args.output, resume=not args.keep_stopped,
-                                   progress=board, wait=args.wait, timeout=args.timeout,
-                                   announce=None if args.json else _announce)
+                return await watch(
+                    monitors,
+                    triggers,
+                    serial_paths=_split(args.serial),
+                    out_dir=args.output,
+                    resume=not args.keep_stopped,
+                    progress=board,
+                    wait=args.wait,
+                    timeout=args.timeout,
+                    announce=_announce,
+                )
             finally:
                 board.done()
 
@@ -78,49 +86,91 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _announce(text: str) -> None:
-    print(text, flush=True)
+    """Watch progress goes to stderr: stdout carries only the report (text or --json)."""
+    print(f"vmstate watch: {text}", file=sys.stderr, flush=True)
 
 
 def _add_common(sp: argparse.ArgumentParser) -> None:
     who = sp.add_argument_group("which VMs")
-    who.add_argument("--qmp", action="append", metavar="SOCKET[,SOCKET...]",
-                     help="QMP server of each VM: a unix socket path or host:port (repeatable)")
-    who.add_argument("--libvirt", action="append", metavar="DOMAIN[,DOMAIN...]",
-                     help="libvirt domains, through libvirt's QMP pass-through")
+    who.add_argument(
+        "--qmp",
+        action="append",
+        metavar="SOCKET[,SOCKET...]",
+        help="QMP server of each VM: a unix socket path or host:port (repeatable)",
+    )
+    who.add_argument(
+        "--libvirt",
+        action="append",
+        metavar="DOMAIN[,DOMAIN...]",
+        help="libvirt domains, through libvirt's QMP pass-through",
+    )
     who.add_argument("--connect", metavar="URI", help="libvirt connection URI (e.g. qemu+ssh://host/system)")
-    sp.add_argument("-o", "--output", required=True, metavar="DIR",
-                    help="directory for NAME-TIME.vmstate and .meta.json (on the QEMU host's file system)")
+    sp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="directory for NAME-TIME.vmstate and .meta.json (on the QEMU host's file system)",
+    )
     after = sp.add_mutually_exclusive_group()
-    after.add_argument("--resume", action="store_true", default=True,
-                       help="resume the VMs after the capture (default)")
-    after.add_argument("--keep-stopped", action="store_true",
-                       help="leave captured VMs stopped (a VM whose capture failed is still resumed)")
-    sp.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
-                    help="give up on a VM's migration after this long (default 600)")
-    sp.add_argument("--progress", action="store_true",
-                    help="show progress on stderr even when not a terminal")
+    after.add_argument(
+        "--resume", action="store_true", default=True, help="resume the VMs after the capture (default)"
+    )
+    after.add_argument(
+        "--keep-stopped",
+        action="store_true",
+        help="leave captured VMs stopped (a VM whose capture failed is still resumed)",
+    )
+    sp.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up on a VM's migration after this long (default 600)",
+    )
+    sp.add_argument(
+        "--progress", action="store_true", help="show progress on stderr even when not a terminal"
+    )
     sp.add_argument("--json", action="store_true", help="machine-readable report on stdout")
 
 
 def register(sub) -> None:
     sp = sub.add_parser(
-        "capture", help="snapshot running VMs now (several at one instant)",
+        "capture",
+        help="snapshot running VMs now (several at one instant)",
         description="Stop every VM (all at once), write each one's migration stream to DIR in parallel, "
-                    "then resume them. Reports the stop skew between VMs and each snapshot's size and time.")
+        "then resume them. Reports the stop skew between VMs and each snapshot's size and time.",
+    )
     _add_common(sp)
     sp.set_defaults(func=cmd_capture)
 
     sp = sub.add_parser(
-        "watch", help="wait for a guest panic or a serial-console line, then capture",
+        "watch",
+        help="wait for a guest panic or a serial-console line, then capture",
         description="Wait until one of the VMs panics (GUEST_PANICKED from a pvpanic device) or prints a "
-                    "serial line matching PATTERN, then capture all the VMs at once.")
+        "serial line matching PATTERN, then capture all the VMs at once.",
+    )
     _add_common(sp)
-    sp.add_argument("--on", action="append", required=True, metavar="guest-panic|serial:PATTERN",
-                    help="trigger (repeatable): guest-panic, or serial:REGEX for a console line")
-    sp.add_argument("--serial", action="append", metavar="PATH[,PATH...]",
-                    help="each VM's console, in --qmp order: a log file QEMU writes (-serial file:PATH, "
-                         "-chardev ...,logfile=PATH) or a unix socket (-serial unix:PATH,server=on); "
-                         "default: found in QEMU's command line")
-    sp.add_argument("--wait", type=float, default=None, metavar="SECONDS",
-                    help="give up when nothing triggers within this long (default: wait forever)")
+    sp.add_argument(
+        "--on",
+        action="append",
+        required=True,
+        metavar="guest-panic|serial:PATTERN",
+        help="trigger (repeatable): guest-panic, or serial:REGEX for a console line",
+    )
+    sp.add_argument(
+        "--serial",
+        action="append",
+        metavar="PATH[,PATH...]",
+        help="each VM's console, in --qmp order: a log file QEMU writes (-serial file:PATH, "
+        "-chardev ...,logfile=PATH) or a unix socket (-serial unix:PATH,server=on); "
+        "default: found in QEMU's command line",
+    )
+    sp.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up when nothing triggers within this long (default: wait forever)",
+    )
     sp.set_defaults(func=cmd_watch)

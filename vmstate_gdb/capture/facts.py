@@ -99,8 +99,9 @@ async def refresh_status(monitor: Monitor, facts: VmFacts) -> VmFacts:
     return dataclasses.replace(facts, status=status["status"])
 
 
-def snapshot_meta(facts: VmFacts, *, path: str, method: str, stopped_at: float | None,
-                  result: dict[str, Any]) -> dict[str, Any]:
+def snapshot_meta(
+    facts: VmFacts, *, path: str, method: str, stopped_at: float | None, result: dict[str, Any]
+) -> dict[str, Any]:
     """The ``.meta.json`` of one captured VM."""
     return {
         "path": path,
@@ -113,8 +114,13 @@ def snapshot_meta(facts: VmFacts, *, path: str, method: str, stopped_at: float |
         "machine_type": facts.machine_type,
         "arch": facts.arch,
         "source_argv": facts.argv,
-        "source": {"monitor": facts.label, "pid": facts.pid, "host": socket.gethostname(),
-                   "user": getpass.getuser(), "status_before": facts.status},
+        "source": {
+            "monitor": facts.label,
+            "pid": facts.pid,
+            "host": socket.gethostname(),
+            "user": getpass.getuser(),
+            "status_before": facts.status,
+        },
         "captured_at": time.time(),
         "captured_at_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "stopped_at": stopped_at,
@@ -132,4 +138,3 @@ def facts_json(facts: VmFacts) -> dict[str, Any]:
     data = asdict(facts)
     data["version"] = facts.version_string
     return data
-

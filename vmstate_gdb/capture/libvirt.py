@@ -21,8 +21,10 @@ from vmstate_gdb.capture.monitor import COMMAND_TIMEOUT, Monitor
 from vmstate_gdb.errors import QemuError
 
 PID_FILE = "/run/libvirt/qemu/{domain}.pid"
-ABSENT = ("--libvirt: libvirt is not available here (no libvirt Python binding, no virsh); "
-          "install python3-libvirt or libvirt-clients, or reach the VMs with --qmp SOCKET")
+ABSENT = (
+    "--libvirt: libvirt is not available here (no libvirt Python binding, no virsh); "
+    "install python3-libvirt or libvirt-clients, or reach the VMs with --qmp SOCKET"
+)
 
 
 def _is_local(uri: str | None) -> bool:
@@ -47,14 +49,16 @@ class LibvirtMonitor(Monitor):
         except (OSError, ValueError):
             return None
 
-    async def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                      timeout: float = COMMAND_TIMEOUT) -> Any:
+    async def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT
+    ) -> Any:
         message = json.dumps({"execute": command, **({"arguments": arguments} if arguments else {})})
         try:
             reply = await asyncio.wait_for(self._send(message), timeout)
         except TimeoutError:
-            raise QemuError(f"{self.label}: {command}: no answer from libvirt within {timeout:.0f} s"
-                            ) from None
+            raise QemuError(
+                f"{self.label}: {command}: no answer from libvirt within {timeout:.0f} s"
+            ) from None
         data = json.loads(reply)
         if "error" in data:
             raise QemuError(f"{self.label}: {command}: {data['error'].get('desc', data['error'])}")
@@ -65,8 +69,9 @@ class LibvirtMonitor(Monitor):
             qemu = importlib.import_module("libvirt_qemu")
             return await asyncio.to_thread(qemu.qemuMonitorCommand, self._domain, message, 0)
         argv = ["virsh", *(["-c", self.uri] if self.uri else []), "qemu-monitor-command", self.label, message]
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         out, err = await proc.communicate()
         if proc.returncode != 0:
             text = err.decode(errors="replace").strip().splitlines()

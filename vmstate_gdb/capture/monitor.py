@@ -33,8 +33,9 @@ class Monitor:
     local: bool = True
     supports_events: bool = False
 
-    async def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                      timeout: float = COMMAND_TIMEOUT) -> Any:
+    async def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT
+    ) -> Any:
         raise NotImplementedError
 
     def events(self, names: Iterable[str]) -> contextlib.AbstractContextManager[asyncio.Queue[dict]]:
@@ -73,8 +74,9 @@ class QmpMonitor(Monitor):
         self.pid = pid
         self.local = local
 
-    async def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                      timeout: float = COMMAND_TIMEOUT) -> Any:
+    async def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT
+    ) -> Any:
         try:
             return await asyncio.wait_for(self.client.execute(command, arguments or None), timeout)
         except ExecuteError as exc:
@@ -89,6 +91,7 @@ class QmpMonitor(Monitor):
         """A queue that receives the named QMP events while the context is open."""
         queue: asyncio.Queue[dict] = asyncio.Queue()
         with self.client.listener(tuple(names)) as listener:
+
             async def pump() -> None:
                 async for event in listener:
                     queue.put_nowait(dict(event))
@@ -130,8 +133,10 @@ async def open_qmp(address: str, timeout: float = CONNECT_TIMEOUT) -> QmpMonitor
         await asyncio.wait_for(client.connect(sock), timeout)
     except TimeoutError:
         sock.close()
-        raise QemuError(f"{address}: no QMP greeting within {timeout:.0f} s "
-                        "(is another client connected to this monitor?)") from None
+        raise QemuError(
+            f"{address}: no QMP greeting within {timeout:.0f} s "
+            "(is another client connected to this monitor?)"
+        ) from None
     except Exception as exc:
         sock.close()
         raise QemuError(f"{address}: QMP handshake failed: {exc}") from None

@@ -78,9 +78,15 @@ class CaptureReport:
         return all(r.ok for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "reply_skew_s": self.reply_skew_s, "event_skew_s": self.event_skew_s,
-                "started_at": self.started_at, "total_s": self.total_s, "trigger": self.trigger,
-                "vms": [r.to_json() for r in self.results]}
+        return {
+            "ok": self.ok,
+            "reply_skew_s": self.reply_skew_s,
+            "event_skew_s": self.event_skew_s,
+            "started_at": self.started_at,
+            "total_s": self.total_s,
+            "trigger": self.trigger,
+            "vms": [r.to_json() for r in self.results],
+        }
 
     def text(self) -> str:
         lines = []
@@ -96,8 +102,9 @@ class CaptureReport:
             if r.ok:
                 left = "stopped" if r.stopped_by_us else r.status_before
                 after = "resumed" if r.resumed else f"left {left}"
-                lines.append(f"{r.name}: {r.path}  {_size(r.size)} in {r.duration_s:.2f} s ({r.method}:), "
-                             f"{after}")
+                lines.append(
+                    f"{r.name}: {r.path}  {_size(r.size)} in {r.duration_s:.2f} s ({r.method}:), {after}"
+                )
             else:
                 after = "resumed" if r.resumed else ("not stopped" if not r.stopped_by_us else "NOT resumed")
                 lines.append(f"{r.name}: FAILED: {r.error} ({after})")
@@ -200,8 +207,14 @@ async def _stop_all(items: list[tuple[Monitor, VmResult]]) -> None:
                 result.stop_event_time = stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6
 
 
-async def _migrate(monitor: Monitor, facts: VmFacts, result: VmResult, path: str,
-                   progress: Callable[[str, int, int], None], timeout: float) -> None:
+async def _migrate(
+    monitor: Monitor,
+    facts: VmFacts,
+    result: VmResult,
+    path: str,
+    progress: Callable[[str, int, int], None],
+    timeout: float,
+) -> None:
     """Write the stopped VM's stream to ``path``; on any failure cancel, remove the file, raise."""
     if facts.file_uri:
         result.method, uri = "file", f"file:{path}"
@@ -233,6 +246,12 @@ async def _migrate(monitor: Monitor, facts: VmFacts, result: VmResult, path: str
                     await monitor.execute("migrate_cancel")
                 raise QemuError(f"migration not completed within {timeout:.0f} s (status {status})")
             await asyncio.sleep(POLL_INTERVAL)
+    except QemuError as exc:
+        if not monitor.local:
+            raise
+        hint = _space_hint(Path(path).parent)  # before the partial file goes and frees its space
+        _remove(path)
+        raise QemuError(exc.message + hint) from None
     except BaseException:
         if monitor.local:
             _remove(path)
@@ -275,8 +294,9 @@ async def capture_vms(
     if known is None:
         gathered = await asyncio.gather(*(gather_facts(m) for m in monitors), return_exceptions=True)
     else:
-        gathered = await asyncio.gather(*(refresh_status(m, f) for m, f in zip(monitors, known, strict=True)),
-                                        return_exceptions=True)
+        gathered = await asyncio.gather(
+            *(refresh_status(m, f) for m, f in zip(monitors, known, strict=True)), return_exceptions=True
+        )
     facts = [g if isinstance(g, VmFacts) else None for g in gathered]
     for monitor, name, f, g in zip(monitors, _names(monitors, facts), facts, gathered, strict=True):
         result = VmResult(label=monitor.label, name=name, facts=f)
@@ -307,17 +327,22 @@ async def capture_vms(
         path = str(out / f"{result.name}-{stamp}{SUFFIX}")
         if monitor.local and os.path.exists(path):
             raise QemuError(f"{path} exists; not overwriting it")
-        try:
-            await _migrate(monitor, result.facts, result, path, progress, timeout)
-        except QemuError as exc:
-            raise QemuError(exc.message + (_space_hint(out) if monitor.local else "")) from None
+        await _migrate(monitor, result.facts, result, path, progress, timeout)
         result.path = path
-        meta = snapshot_meta(result.facts, path=path, method=result.method or "exec",
-                             stopped_at=result.stop_event_time,
-                             result={"size": result.size, "duration_s": result.duration_s,
-                                     "reply_skew_s": report.reply_skew_s,
-                                     "event_skew_s": report.event_skew_s,
-                                     "vms": len(monitors), "trigger": trigger})
+        meta = snapshot_meta(
+            result.facts,
+            path=path,
+            method=result.method or "exec",
+            stopped_at=result.stop_event_time,
+            result={
+                "size": result.size,
+                "duration_s": result.duration_s,
+                "reply_skew_s": report.reply_skew_s,
+                "event_skew_s": report.event_skew_s,
+                "vms": len(monitors),
+                "trigger": trigger,
+            },
+        )
         result.meta_path = save_meta(path, meta)
         result.ok = True
 
@@ -336,8 +361,11 @@ async def capture_vms(
             result.error = (result.error + "; " if result.error else "") + f"cannot resume: {exc.message}"
             result.ok = False
 
-    again = [(m, r) for m, r in zip(monitors, report.results, strict=True)
-             if r.stopped_by_us and (resume or not r.ok)]
+    again = [
+        (m, r)
+        for m, r in zip(monitors, report.results, strict=True)
+        if r.stopped_by_us and (resume or not r.ok)
+    ]
     await asyncio.gather(*(cont(m, r) for m, r in again))
     report.total_s = time.monotonic() - t0
     return report

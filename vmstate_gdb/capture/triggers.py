@@ -41,7 +41,7 @@ def parse_triggers(specs: list[str]) -> list[Trigger]:
             triggers.append(Trigger("guest-panic"))
         elif spec.startswith("serial:") and len(spec) > len("serial:"):
             try:
-                triggers.append(Trigger("serial", re.compile(spec[len("serial:"):])))
+                triggers.append(Trigger("serial", re.compile(spec[len("serial:") :])))
             except re.error as exc:
                 raise QemuError(f"--on {spec}: bad regular expression: {exc}") from None
         else:
@@ -71,11 +71,11 @@ def serial_from_argv(argv: list[str] | None) -> str | None:
             serials.append("chardev:" + _chardev_options(value)[1].get("chardev", ""))
     for serial in serials[:1]:
         if serial.startswith("file:"):
-            return serial[len("file:"):]
+            return serial[len("file:") :]
         if serial.startswith("unix:") and "server" in serial:
-            return serial[len("unix:"):].split(",")[0]
+            return serial[len("unix:") :].split(",")[0]
         if serial.startswith("chardev:"):
-            backend, options = chardevs.get(serial[len("chardev:"):], ("", {}))
+            backend, options = chardevs.get(serial[len("chardev:") :], ("", {}))
             if "logfile" in options:
                 return options["logfile"]
             if backend == "file":
@@ -159,8 +159,10 @@ async def watch(
                 for index, monitor in enumerate(monitors):
                     path = serial_paths[index] if serial_paths else serial_from_argv(known[index].argv)
                     if path is None:
-                        raise QemuError(f"{monitor.label}: its serial console is not a file or unix socket "
-                                        "found in QEMU's command line; give --serial PATH")
+                        raise QemuError(
+                            f"{monitor.label}: its serial console is not a file or unix socket "
+                            "found in QEMU's command line; give --serial PATH"
+                        )
                     tasks.append(asyncio.create_task(_watch_serial(monitor.label, path, trigger.pattern)))
         if announce:
             announce(f"watching {len(monitors)} VM(s) for {', '.join(map(str, triggers))}")
@@ -177,8 +179,9 @@ async def watch(
             await asyncio.gather(*tasks, return_exceptions=True)
     if announce:
         announce(f"trigger: {description}")
-    report = await capture_vms(monitors, out_dir, resume=resume, progress=progress, timeout=timeout,
-                               trigger=description, known=known)
+    report = await capture_vms(
+        monitors, out_dir, resume=resume, progress=progress, timeout=timeout, trigger=description, known=known
+    )
     stops = [r.stop_reply_ns for r in report.results if r.stop_reply_ns is not None]
     if stops:
         report.trigger = f"{description} (VMs stopped {(max(stops) - fired) / 1e6:.1f} ms later)"
