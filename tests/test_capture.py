@@ -35,7 +35,6 @@ IVSHMEM_BLOCKER = (
     "-device",
     "ivshmem-plain,memdev=shm0",
 )
-PVPANIC = ("-device", "pvpanic", "-action", "panic=none")
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -418,10 +417,24 @@ def start_watch(*args: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.qemu
-def test_watch_guest_panic(vm_with_qmp, qemu_vm, sock_dir: Path, resumed, tmp_path: Path) -> None:
-    """The guest writes the pvpanic port ('p' typed on its console): watch captures both VMs."""
+@pytest.mark.parametrize("action", ["none", "pause"])
+def test_watch_guest_panic(action: str, vm_with_qmp, sock_dir: Path, resumed, tmp_path: Path) -> None:
+    """The guest writes the pvpanic port ('p' typed on its console): watch captures both VMs.
+    With ``-action panic=none`` the guest runs on and is stopped by the capture; with
+    ``panic=pause`` QEMU has stopped it already, and the capture leaves it so."""
     qmp = sock_dir / "panicky.qmp"
-    config = GuestConfig(extra_args=("-qmp", f"unix:{qmp},server=on,wait=off", "-name", "panicky", *PVPANIC))
+    config = GuestConfig(
+        extra_args=(
+            "-qmp",
+            f"unix:{qmp},server=on,wait=off",
+            "-name",
+            "panicky",
+            "-device",
+            "pvpanic",
+            "-action",
+            f"panic={action}",
+        )
+    )
     panicky = ConsoleVM(config, tmp_path, name="panicky", guest=vm_with_qmp("calm").guest)
     if not guest_has_pvpanic(panicky):
         pytest.skip("this build of the small guest has no pvpanic trigger yet (tests/guest)")
@@ -429,16 +442,9 @@ def test_watch_guest_panic(vm_with_qmp, qemu_vm, sock_dir: Path, resumed, tmp_pa
         panicky.start()
         panicky.wait_for_ticks(1)
         other = str(sock_dir / "calm.qmp")
+        out_dir = str(tmp_path / "out")
         watch = start_watch(
-            "--qmp",
-            f"{qmp},{other}",
-            "--on",
-            "guest-panic",
-            "-o",
-            str(tmp_path / "out"),
-            "--json",
-            "--wait",
-            "30",
+            "--qmp", f"{qmp},{other}", "--on", "guest-panic", "-o", out_dir, "--json", "--wait", "30"
         )
         try:
             panicky.type(b"p")
@@ -450,20 +456,45 @@ def test_watch_guest_panic(vm_with_qmp, qemu_vm, sock_dir: Path, resumed, tmp_pa
         before = last_tick(panicky)
         report = json.loads(out)
         print(report["trigger"])
+        reported = {"none": "run", "pause": "pause"}[action]
         assert re.match(
-            rf"{re.escape(str(qmp))}: GUEST_PANICKED \(action run\) \(VMs stopped [\d.]+ ms later\)",
+            rf"{re.escape(str(qmp))}: GUEST_PANICKED \(action {reported}\) \(VMs stopped [\d.]+ ms later\)",
             report["trigger"],
         ), report["trigger"]
-        assert [v["ok"] for v in report["vms"]] == [True, True]
-        assert panicky.status() == "running"
-        meta = json.loads(Path(report["vms"][0]["meta_path"]).read_text())
+        vm, calm = report["vms"]
+        assert vm["ok"] and calm["ok"] and calm["stopped_by_us"] and calm["resumed"]
+        if action == "none":
+            assert vm["stopped_by_us"] and vm["resumed"] and panicky.status() == "running"
+        else:
+            assert vm["status_before"] == "guest-panicked" and not vm["stopped_by_us"] and not vm["resumed"]
+            assert panicky.status() in ("guest-panicked", "postmigrate")
+        meta = json.loads(Path(vm["meta_path"]).read_text())
         assert meta["capture"]["trigger"].startswith(f"{qmp}: GUEST_PANICKED")
-        ticks = resumed(report["vms"][0]["path"])
-        ticks.cont()
-        got = ticks.ticks(2)
+        run = resumed(vm["path"])
+        run.cont()
+        got = run.ticks(2)
         assert before - 2 <= got[0] <= before + 2, (before, got)  # the panic happened at about `before`
     finally:
         panicky.close()
+
+
+@pytest.mark.qemu
+def test_capture_over_tcp(qemu_vm, tmp_path: Path) -> None:
+    """QMP on host:port: captured the same way; without a unix peer there is no pid, so no argv."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    vm = qemu_vm(
+        GuestConfig(extra_args=("-qmp", f"tcp:127.0.0.1:{port},server=on,wait=off", "-name", "tcpvm"))
+    )
+    vm.wait_for_ticks(1)
+    proc = vmstate("capture", "--qmp", f"127.0.0.1:{port}", "-o", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    (v,) = json.loads(proc.stdout)["vms"]
+    assert v["ok"] and v["resumed"] and v["name"] == "tcpvm"
+    assert json.loads(Path(v["meta_path"]).read_text())["source_argv"] is None
+    assert "start QEMU with the VM's own options" in vmstate("resume-cmd", v["path"]).stdout
+    assert_running([vm])
 
 
 @pytest.mark.qemu

@@ -45,6 +45,8 @@ class VmResult:
     error: str | None = None
     status_before: str | None = None
     stopped_by_us: bool = False
+    #: a stop was sent (it may have failed half-way: such a VM gets a ``cont`` too)
+    stop_sent: bool = False
     #: monotonic ns at which the stop reply arrived (None if this capture did not stop the VM)
     stop_reply_ns: int | None = None
     stop_send_ns: int | None = None
@@ -188,6 +190,7 @@ async def _stop_all(items: list[tuple[Monitor, VmResult]]) -> None:
         queues = {id(m): stack.enter_context(m.events(["STOP"])) for m, _ in items if m.supports_events}
 
         async def stop(monitor: Monitor, result: VmResult) -> None:
+            result.stop_sent = True
             result.stop_send_ns = time.monotonic_ns()
             await monitor.execute("stop")
             result.stop_reply_ns = time.monotonic_ns()
@@ -252,7 +255,9 @@ async def _migrate(
         hint = _space_hint(Path(path).parent)  # before the partial file goes and frees its space
         _remove(path)
         raise QemuError(exc.message + hint) from None
-    except BaseException:
+    except BaseException:  # cancelled (Ctrl-C): QEMU must stop writing before the file goes
+        with contextlib.suppress(QemuError):
+            await monitor.execute("migrate_cancel", timeout=5.0)
         if monitor.local:
             _remove(path)
         raise
@@ -347,7 +352,12 @@ async def capture_vms(
         result.ok = True
 
     writing = [(m, r) for m, r in items if r.error is None]
-    outcomes = await asyncio.gather(*(write(m, r) for m, r in writing), return_exceptions=True)
+    try:
+        outcomes = await asyncio.gather(*(write(m, r) for m, r in writing), return_exceptions=True)
+    except BaseException:  # interrupted: no VM stays stopped because of us
+        stopped = [m for m, r in zip(monitors, report.results, strict=True) if r.stop_sent]
+        await asyncio.gather(*(m.execute("cont", timeout=5.0) for m in stopped), return_exceptions=True)
+        raise
     for (_, result), outcome in zip(writing, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             result.error = str(outcome.message if isinstance(outcome, QemuError) else outcome)
@@ -364,7 +374,7 @@ async def capture_vms(
     again = [
         (m, r)
         for m, r in zip(monitors, report.results, strict=True)
-        if r.stopped_by_us and (resume or not r.ok)
+        if r.stopped_by_us and (resume or not r.ok) or (r.stop_sent and not r.stopped_by_us)
     ]
     await asyncio.gather(*(cont(m, r) for m, r in again))
     report.total_s = time.monotonic() - t0
