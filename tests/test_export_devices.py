@@ -166,3 +166,16 @@ def test_mac_edited_in_the_file_resumes_in_qemu(snapshot, restored, tmp_path, na
     assert ticks[-1].sw_mac == old, "guest RAM was not edited: its boot-time copy keeps the old MAC"
     if "virtio" in name:
         assert vm.qmp("query-rx-filter")[0]["main-mac"] == NEW_MAC
+
+
+def test_cpu_mode_edits_rederive_hflags(snapshot, tmp_path):
+    """eflags.IOPL edited in the file: TCG's hflags follow, as with `vmstate patch --reg`."""
+    meta = snapshot("small-pc-e1000")
+    xml = str(tmp_path / "devices.xml")
+    with Snapshot.open(meta.path) as snap:
+        export_devices(snap, xml)
+        eflags = snap.cpu(0)["eflags"]
+        _edit_xml(xml, "cpu", "env.eflags", text=hex(eflags | 0x3000))
+        result = import_devices(snap, xml)
+        assert [c.path for c in result.fields] == ["cpu/env.eflags", "cpu[0] hflags (derived)"]
+        assert snap.cpu(0)["hflags"] >> 12 & 3 == 3

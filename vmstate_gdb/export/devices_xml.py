@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import xmltodict
 
+from ..arch.x86_64.cpu import CPU_MAIN_BODY_SIZE
 from ..devices.fields import Array, Group, Leaf, Node
 from ..devices.format import looks_like_mac
 from ..devices.nics import format_mac, parse_mac
@@ -440,6 +441,7 @@ def import_devices(snap: Snapshot, path: str) -> ImportResult:
             mac_plans.append(plan_mac_change(snap, nic.name, new))
     for c in changes:
         snap.edits.patch(c.offset, c.data, c.path)
+    _rederive_hflags(snap, changes)
     lines: list[str] = []
     macs: dict[str, str] = {}
     for plan in mac_plans:  # after the fields: the <nics> MAC wins over edits of its copies
@@ -451,3 +453,28 @@ def import_devices(snap: Snapshot, path: str) -> ImportResult:
         if nic.mac != before:
             macs.setdefault(format_mac(before), format_mac(nic.mac))
     return ImportResult(changes, lines, macs)
+
+
+def _rederive_hflags(snap: Snapshot, changes: list[FieldChange]) -> None:
+    """TCG's hflags must follow CR0/CR4/EFER/EFLAGS/segments (see Snapshot.set_register); edits of
+    those through the cpu section's fields get the same treatment, unless hflags was edited too."""
+    from ..arch.x86_64.cpu import compute_hflags
+
+    for cpu in snap.cpus:
+        start, end = cpu.body_offset, cpu.body_offset + CPU_MAIN_BODY_SIZE
+        touched = [c for c in changes if start <= c.offset < end]
+        h_off, h_size = cpu.field_offset("hflags")
+        if not touched or any(c.offset == h_off for c in touched):
+            continue
+        hflags = compute_hflags(cpu.values, cpu["hflags"])
+        if hflags != cpu["hflags"]:
+            snap.edits.patch(h_off, hflags.to_bytes(h_size, "big"), f"cpu[{cpu.index}] hflags (derived)")
+            changes.append(
+                FieldChange(
+                    f"cpu[{cpu.index}] hflags (derived)",
+                    h_off,
+                    hflags.to_bytes(h_size, "big"),
+                    f"{cpu['hflags']:#x}",
+                    f"{hflags:#x}",
+                )
+            )
