@@ -10,7 +10,7 @@ import dataclasses
 import getpass
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmstate_gdb.capture.monitor import Monitor
@@ -132,9 +132,3 @@ def snapshot_meta(
 def save_meta(path: str, meta: dict[str, Any]) -> str:
     write_meta(path, meta)
     return path + ".meta.json"
-
-
-def facts_json(facts: VmFacts) -> dict[str, Any]:
-    data = asdict(facts)
-    data["version"] = facts.version_string
-    return data
