@@ -166,3 +166,39 @@ def test_random_bit_flips_never_escape_as_other_exceptions(data):
         DeviceTree(idx, lambda o, n: bytes(raw[o:o + n]))
     except VmstateError as e:
         assert "\n" not in str(e)
+
+
+def test_bulk_runs_index_like_record_by_record():
+    """Long runs take the bulk path; a break in a run (gap, other kind, new block) is still exact."""
+    b = StreamBuilder().ram_start({"pc.ram": 300 * PS, "other": 40 * PS})
+    recs = [("page", "pc.ram", 0, bytes([1]) * PS)]
+    recs += [("page", None, i * PS, i.to_bytes(2, "little") * (PS // 2)) for i in range(1, 120)]
+    recs += [("page", None, 125 * PS, b"g" * PS)]  # gap: pages 120..124 never sent
+    recs += [("zero", None, i * PS) for i in range(126, 200)]
+    recs += [("page", None, i * PS, i.to_bytes(2, "little") * (PS // 2)) for i in range(200, 260)]
+    recs += [("zero", "other", 0)] + [("zero", None, i * PS) for i in range(1, 40)]
+    recs += [("page", "pc.ram", 5 * PS, b"late" * (PS // 4))]  # a repeat: the last record wins
+    b.ram_chunk(recs, end=True)
+    data = b.finish()
+    idx = idx_of(data)
+    for i in range(1, 120):
+        expect = b"late" * (PS // 4) if i == 5 else i.to_bytes(2, "little") * (PS // 2)
+        assert page(data, idx, "pc.ram", i) == expect, i
+    assert all(idx.ram.blocks["pc.ram"].pages[i] == PAGE_ABSENT for i in range(120, 125))
+    assert page(data, idx, "pc.ram", 125) == b"g" * PS
+    assert all(idx.ram.blocks["pc.ram"].pages[i] == PAGE_ZERO for i in range(126, 200))
+    assert page(data, idx, "pc.ram", 259) == (259).to_bytes(2, "little") * (PS // 2)
+    assert all(v == PAGE_ZERO for v in idx.ram.blocks["other"].pages)
+    assert idx.ram.records == len(recs)
+
+
+def test_bulk_run_stops_at_a_corrupted_header():
+    b = StreamBuilder().ram_start({"pc.ram": 64 * PS})
+    b.ram_chunk([("page", "pc.ram", 0, bytes(PS))] + [("page", None, i * PS, bytes(PS)) for i in range(1, 64)],
+                end=True)
+    data = bytearray(b.finish())
+    with_flip = idx_of(bytes(data))
+    at = with_flip.ram.blocks["pc.ram"].pages[40] - 8  # header of page 40
+    data[at + 7] = 0x29  # PAGE|CONTINUE|FULL: not a valid record
+    with pytest.raises(VmstateError):
+        idx_of(bytes(data))

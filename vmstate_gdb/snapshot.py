@@ -69,7 +69,8 @@ class Snapshot:
             # vmstate area for qcow2.
             channel_base = 0 if source.kind == "qcow2" else origin
             index = index_stream(buf, path, origin=origin if source.kind != "qcow2" else 0,
-                                 channel_base=channel_base, progress=progress)
+                                 channel_base=channel_base, progress=progress,
+                                 release=getattr(source, "release", None))
             return cls(source, index, buf, max_ram_below_4g)
         except BaseException:
             source.close()

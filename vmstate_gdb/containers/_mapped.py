@@ -84,6 +84,20 @@ class MappedFile:
         self.check(offset, length, "view")
         return memoryview(self.mm)[offset : offset + length]
 
+    def release(self, offset: int, length: int) -> None:
+        """Drop the process's mapping of pages already read (the page cache keeps them), so that
+        indexing a multi-GB file does not grow the resident set by the file's size."""
+        if self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = (offset + page - 1) // page * page
+        end = min(self.size, offset + length) // page * page
+        if end > start:
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+            except (OSError, ValueError):
+                pass
+
     def find(self, needle: bytes, start: int, end: int) -> int:
         return self.mm.find(needle, max(0, start), min(end, self.size))
 

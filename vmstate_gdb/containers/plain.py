@@ -76,6 +76,9 @@ class PlainStream:
             )
         return self.base + offset
 
+    def release(self, offset: int, length: int) -> None:
+        self._file.release(self.base + offset, length)
+
     def describe(self) -> dict:
         return {"kind": self.kind, "path": self.path, "stream_offset": self.base, "size": self.size}
 

@@ -514,6 +514,10 @@ class Qcow2VmState:
             )
         return e.file_offset + offset - e.stream_offset
 
+    def release(self, offset: int, length: int) -> None:
+        if len(self.extents) == 1 and self.extents[0].file_offset is not None:
+            self.image.file.release(self.extents[0].file_offset + offset, length)
+
     def refcount(self, offset: int) -> int:
         """Refcount of the host cluster behind stream byte ``offset``."""
         return self.image.refcount(self.file_offset(offset))

@@ -81,7 +81,8 @@ class StreamIndex:
 
 
 def index_stream(buf, path: str, origin: int = 0, channel_base: int = 0,
-                 progress: Progress | None = None) -> StreamIndex:
+                 progress: Progress | None = None,
+                 release: Callable[[int, int], None] | None = None) -> StreamIndex:
     """Index the stream held in ``buf`` (a memoryview or a sliceable container view).
 
     ``origin`` is added to offsets in error messages (file offset of stream byte 0);
@@ -89,7 +90,7 @@ def index_stream(buf, path: str, origin: int = 0, channel_base: int = 0,
     """
     cur = Cursor(buf, path, 0, origin)
     try:
-        return _Walker(cur, channel_base, progress).run()
+        return _Walker(cur, channel_base, progress, release).run()
     except VmstateError:
         raise
     except (IndexError, ValueError, KeyError, TypeError) as e:  # a bug or a lie we did not foresee
@@ -97,10 +98,21 @@ def index_stream(buf, path: str, origin: int = 0, channel_base: int = 0,
 
 
 class _Walker:
-    def __init__(self, cur: Cursor, channel_base: int, progress: Progress | None):
+    def __init__(self, cur: Cursor, channel_base: int, progress: Progress | None,
+                 release: Callable[[int, int], None] | None):
         self.cur = cur
         self.channel_base = channel_base
         self.progress = progress
+        self.release = release
+        self.released = 0
+
+    def checkpoint(self, pos: int) -> None:
+        """Long RAM sections report progress, and hand back the pages they have read."""
+        if self.progress:
+            self.progress(pos, self.cur.size)
+        if self.release and pos > self.released:
+            self.release(self.released, pos - self.released)
+            self.released = pos
 
     def run(self) -> StreamIndex:
         cur = self.cur
@@ -121,7 +133,7 @@ class _Walker:
         if page_bits is not None:
             page_size = 1 << page_bits
         ram = RamState(page_size=page_size, mapped_ram="mapped-ram" in caps,
-                       ignore_shared="x-ignore-shared" in caps)
+                       ignore_shared="x-ignore-shared" in caps, checkpoint=self.checkpoint)
         idx = StreamIndex(cur.path, cur.size, machine, conf_off, cur.pos, caps, page_size, ram,
                           vmdesc_offset=vmdesc_offset, vmdesc=vmdesc)
         if vmdesc is None:

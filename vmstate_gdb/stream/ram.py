@@ -7,7 +7,9 @@ guest page (PAGE_ZERO, PAGE_ABSENT, or the stream offset of the page bytes), nev
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import UnsupportedError
@@ -69,6 +71,7 @@ class RamState:
     records: int = 0  # page records seen (repeats included)
     last_block: RamBlock | None = None  # QEMU keeps "current block" across sections
     eos_offsets: list[int] = field(default_factory=list)  # stream offset of each chunk's EOS word
+    checkpoint: Callable[[int], None] | None = None  # called every 64 MiB of RAM records
 
 
 def parse_ram_setup(cur: Cursor, state: RamState, channel_base: int) -> None:
@@ -128,7 +131,16 @@ def parse_ram_chunk(cur: Cursor, state: RamState) -> None:
     _parse_ram_records(cur, state)
 
 
+_RUN_MIN = 4  # consecutive records of one kind before trying the bulk path
+_RUN_MAX = 1 << 12  # records checked in one bulk step (16 MiB of pages: bounded resident set)
+_CHECKPOINT = 32 << 20  # bytes between progress/release callbacks
+_NATIVE_LITTLE = sys.byteorder == "little"
+
+
 def _parse_ram_records(cur: Cursor, state: RamState) -> None:
+    """Records up to EOS. Runs of consecutive PAGE or ZERO records of one block (what QEMU writes
+    for a stopped VM) are checked and indexed in bulk with C-level slice comparisons; everything
+    else, and every irregularity, goes through the record-by-record path."""
     buf = cur.buf
     size = cur.size
     ps = state.page_size
@@ -139,17 +151,23 @@ def _parse_ram_records(cur: Cursor, state: RamState) -> None:
     pages = block.pages if block else None
     npages = block.page_count if block else 0
     pos = cur.pos
-    unpack = _BE64.unpack_from if isinstance(buf, memoryview) else None
+    fast = isinstance(buf, memoryview)
+    unpack = _BE64.unpack_from
     records = 0
+    run_kind = -1
+    run_page = -2
+    run_len = 0
+    next_checkpoint = pos + _CHECKPOINT
     try:
         while True:
+            if pos >= next_checkpoint:
+                next_checkpoint = pos + _CHECKPOINT
+                if state.checkpoint is not None:
+                    state.checkpoint(pos)
             if pos + 8 > size:
                 cur.pos = pos
                 cur.need(8, "RAM record header")
-            if unpack is not None:
-                (word,) = unpack(buf, pos)
-            else:
-                (word,) = _BE64.unpack(buf[pos : pos + 8])
+            (word,) = unpack(buf, pos) if fast else _BE64.unpack(buf[pos : pos + 8])
             record = pos
             pos += 8
             flags = word & flag_mask
@@ -177,6 +195,7 @@ def _parse_ram_records(cur: Cursor, state: RamState) -> None:
                     raise cur.fail(f"RAM record names unknown block {name!r}", record)
                 pages = block.pages
                 npages = block.page_count
+                run_len = 0
             page = word >> page_shift
             if page >= npages:
                 raise cur.fail(
@@ -204,10 +223,95 @@ def _parse_ram_records(cur: Cursor, state: RamState) -> None:
                 pos += 1
                 pages[page] = PAGE_ZERO
             records += 1
+            if kind == run_kind and page == run_page + 1:
+                run_len += 1
+            else:
+                run_kind, run_len = kind, 1
+            run_page = page
+            if fast and run_len >= _RUN_MIN:
+                n = _bulk_run(buf, size, pos, kind, block, page + 1, ps)
+                if n:
+                    pos += n * (8 + (ps if kind == C.RAM_SAVE_FLAG_PAGE else 1))
+                    records += n
+                    run_page = page + n
+                else:
+                    run_len = -8  # the run broke: stay on the slow path for a while
     finally:
         state.records += records
         state.last_block = block
     cur.pos = pos
+
+
+# Byte lanes 5 and 6 of consecutive 4 KiB page header words repeat with short periods.
+_LANE5 = bytes((i >> 4) & 0xFF for i in range(2 * 4096))
+_LANE6 = bytes((i & 0xF) << 4 for i in range(4096 + 16))
+
+
+def _header_lanes(p0: int, n: int, flags: int, ps: int) -> list[bytes]:
+    """Byte j of the big-endian header words ``(p0+i)*ps | flags``, i < n, as one bytes per j.
+
+    Built from a few slices instead of n Python integers: the run check costs nanoseconds a page.
+    """
+    if ps != 4096 or n > 4096 or flags >= 0x100:
+        words = array("Q", range(p0 * ps | flags, (p0 + n) * ps | flags, ps))
+        if _NATIVE_LITTLE:
+            words.byteswap()
+        raw = words.tobytes()
+        return [raw[j::8] for j in range(8)]
+    lanes: list[bytes] = [b""] * 8
+    lanes[7] = bytes([flags]) * n
+    lanes[6] = _LANE6[p0 % 16:p0 % 16 + n]
+    lanes[5] = _LANE5[p0 % 4096:p0 % 4096 + n]
+    for j in range(5):  # bits 24.. of the word: page number bits 12.., at most one carry in n <= 4096
+        shift = 8 * (7 - j) - 12
+        high = p0 >> shift
+        k = min(n, ((high + 1) << shift) - p0)
+        lanes[j] = bytes([high & 0xFF]) * k + bytes([(high + 1) & 0xFF]) * (n - k)
+    return lanes
+
+
+def _bulk_run(buf: memoryview, size: int, pos: int, kind: int, block: RamBlock, first: int, ps: int) -> int:
+    """Index the longest run of CONTINUE records of ``kind`` for pages first, first+1, ... that
+    starts at ``pos``; returns how many records it covered (0: none). Windows grow geometrically,
+    so the work is proportional to the run's length, not to the block's."""
+    is_page = kind == C.RAM_SAVE_FLAG_PAGE
+    stride = 8 + (ps if is_page else 1)
+    limit = min(block.page_count - first, (size - pos) // stride)
+    flags = kind | C.RAM_SAVE_FLAG_CONTINUE
+
+    def valid(a: int, b: int) -> bool:
+        """Records a..b-1 of the run are exactly what QEMU would write for those pages."""
+        lanes = _header_lanes(first + a, b - a, flags, ps)
+        start = pos + a * stride
+        end = pos + b * stride
+        for j in (7, 6, 5, 4, 3, 2, 1, 0):  # the flag byte first: a run usually breaks there
+            if buf[start + j : end : stride] != lanes[j]:
+                return False
+        return is_page or buf[start + 8 : end : stride] == bytes(b - a)
+
+    done = 0
+    window = 16
+    while done < limit:
+        upto = min(limit, done + window)
+        if valid(done, upto):
+            done = upto
+            window = min(window * 4, _RUN_MAX)
+            continue
+        lo, hi = done, upto  # records < lo are good; the run breaks before hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if valid(lo, mid):
+                lo = mid
+            else:
+                hi = mid
+        done = lo
+        break
+    if done:
+        if is_page:
+            block.pages[first : first + done] = array("q", range(pos + 8, pos + 8 + done * stride, stride))
+        else:
+            block.pages[first : first + done] = array("q", bytes(8 * done))
+    return done
 
 
 def _refuse_ram_flags(cur: Cursor, kind: int, offset: int) -> None:

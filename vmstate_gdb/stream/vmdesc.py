@@ -19,7 +19,15 @@ def locate_trailer(buf, size: int) -> tuple[int, dict] | None:
 
     Returns (offset of the 0x06 byte, parsed JSON) or None (suppress-vmdesc, xen, truncated).
     """
-    start = max(0, size - _SEARCH_WINDOW)
+    for window in (1 << 20, _SEARCH_WINDOW):
+        found = _locate_in(buf, size, window)
+        if found is not None or window >= size:
+            return found
+    return None
+
+
+def _locate_in(buf, size: int, window: int) -> tuple[int, dict] | None:
+    start = max(0, size - window)
     tail = bytes(buf[start:size])
     for marker in (b'{"configuration"', b'{"page_size"'):
         pos = tail.rfind(marker)
