@@ -241,9 +241,6 @@ def test_libvirt_absent_is_one_clear_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.qemu
-@pytest.mark.xfail(
-    reason="core: vmstate_gdb/resume.py adds no -serial when the VM had -nographic -nodefaults", strict=False
-)
 def test_resume_cmd_keeps_the_serial_port(vm_with_qmp, tmp_path: Path) -> None:
     vm = vm_with_qmp("console")
     proc = vmstate("capture", "--qmp", vm.tool_qmp, "-o", str(tmp_path), "--json")

@@ -21,6 +21,7 @@ class EditOverlay:
     pages: dict[tuple[str, int], bytearray] = field(default_factory=dict)  # (block, page index) -> bytes
     patches: list[StreamPatch] = field(default_factory=list)
     generation: int = 0  # bumped on every change, so caches above can tell
+    patch_generation: int = 0  # bumped when stream patches change (vCPU and device state)
 
     def __bool__(self) -> bool:
         return bool(self.pages or self.patches)
@@ -37,6 +38,7 @@ class EditOverlay:
         self.patches = [p for p in self.patches if not (p.offset == offset and len(p.data) == len(data))]
         self.patches.append(StreamPatch(offset, bytes(data), what))
         self.generation += 1
+        self.patch_generation += 1
 
     def apply(self, offset: int, raw: bytes) -> bytes:
         """``raw`` is stream bytes at ``offset``; return them with every overlapping patch applied."""
@@ -56,6 +58,7 @@ class EditOverlay:
         self.pages.clear()
         self.patches.clear()
         self.generation += 1
+        self.patch_generation += 1
 
     def summary(self) -> dict:
         return {"pages": len(self.pages), "fields": [p.what for p in self.patches]}

@@ -46,11 +46,16 @@ def _source_argv(meta: dict) -> list[str] | None:
 
 def resume_argv(meta: dict, snapshot_path: str, kind: str, tag: str | None = None,
                 mac_changes: dict[str, str] | None = None, original_image: str | None = None,
-                mapped_ram: bool = False) -> list[str] | None:
-    """QEMU argv that resumes ``snapshot_path``; None if the meta has no command line."""
+                mapped_ram: bool = False, machine_type: str | None = None) -> list[str] | None:
+    """QEMU argv that resumes ``snapshot_path``; None if the meta has no command line.
+
+    The console goes to stdio and the monitor away; ``machine_type`` (the versioned name the
+    stream records, e.g. pc-i440fx-7.2) replaces an alias such as ``-M pc``, which a newer QEMU
+    would resolve to a newer machine that refuses the stream."""
     argv = _source_argv(meta)
     if argv is None:
         return None
+    machine_type = machine_type or meta.get("machine_type")
     out: list[str] = []
     skip = False
     for i, a in enumerate(argv):
@@ -62,13 +67,21 @@ def resume_argv(meta: dict, snapshot_path: str, kind: str, tag: str | None = Non
             continue
         if a == "-S":
             continue
+        if machine_type and i > 0 and argv[i - 1] in ("-M", "-machine"):
+            name, sep, opts = a.partition(",")
+            if "=" not in name and name and not name.startswith(machine_type):
+                a = machine_type + sep + opts
         if mac_changes:
             for old, new in mac_changes.items():
                 a = re.sub(f"mac={re.escape(old)}", f"mac={new}", a, flags=re.IGNORECASE)
         if kind == "qcow2" and original_image:
             a = a.replace(f"file={original_image}", f"file={snapshot_path}")
         out.append(a)
-    out += ["-serial", "stdio", "-monitor", "none", "-display", "none"] if "-nographic" not in out else []
+    # -nographic without -nodefaults already puts the console on stdio; anything else needs it said.
+    if "-nographic" not in out or "-nodefaults" in out:
+        out += ["-serial", "stdio", "-monitor", "none"]
+    if "-nographic" not in out and "-display" not in out:
+        out += ["-display", "none"]
     if kind == "qcow2":
         out += ["-loadvm", tag or "snap1"]
     elif mapped_ram:

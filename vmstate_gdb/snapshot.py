@@ -102,9 +102,9 @@ class Snapshot:
 
     @property
     def cpus(self) -> list[X86Cpu]:
-        if self._cpus is None or self._cpus_generation != self.edits.generation:
+        if self._cpus is None or self._cpus_generation != self.edits.patch_generation:
             self._cpus = self._decode_cpus()
-            self._cpus_generation = self.edits.generation
+            self._cpus_generation = self.edits.patch_generation
         return self._cpus
 
     def _decode_cpus(self) -> list[X86Cpu]:

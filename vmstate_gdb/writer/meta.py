@@ -23,6 +23,7 @@ def write_output_meta(snap, result, mac_changes: dict[str, str]) -> None:
                 edited_at=time.time(), edits=result.plan.describe())
     if result.snapshot_name:
         meta["tag"] = result.snapshot_name
+    meta.setdefault("machine_type", snap.index.machine_type)
     write_meta(result.path, meta)
 
 
