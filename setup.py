@@ -5,7 +5,8 @@ from setuptools import find_packages, setup
 setup(
     name="vmstate_gdb",
     version="0.1.0",
-    description="Debug and edit frozen QEMU/KVM virtual machines (migration streams, savevm snapshots) with gdb",
+    description="Debug and edit frozen QEMU/KVM virtual machines (migration streams, savevm snapshots)"
+    " with gdb",
     packages=find_packages(include=["vmstate_gdb", "vmstate_gdb.*"]),
     python_requires=">=3.11",
     install_requires=[

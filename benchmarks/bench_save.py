@@ -35,7 +35,7 @@ def main() -> None:
     with Snapshot.open(src) as snap:
         block = snap.index.ram.blocks["pc.ram"]
         data_pages = [i for i in range(0, block.page_count, block.page_count // 5) if block.pages[i] > 0][:4]
-        zero_pages = [i for i in range(block.page_count) if block.pages[i] == PAGE_ZERO][:: 997][:4]
+        zero_pages = [i for i in range(block.page_count) if block.pages[i] == PAGE_ZERO][::997][:4]
         for i in data_pages + zero_pages:
             snap.ram.write("pc.ram", i * block.page_size, b"edited page %d" % i)
         snap.set_register(0, "rax", 0x1234)

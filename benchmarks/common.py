@@ -20,7 +20,9 @@ from vmstate_gdb.snapshot import Snapshot
 from vmstate_gdb.stream.ram import PAGE_ABSENT, PAGE_ZERO
 
 BIG_MIB = 4608
-BIG = Scenario("bench-small-pc-4g5", GuestConfig("small", "pc", 1, BIG_MIB, (Nic("e1000", "52:54:00:12:34:56"),)))
+BIG = Scenario(
+    "bench-small-pc-4g5", GuestConfig("small", "pc", 1, BIG_MIB, (Nic("e1000", "52:54:00:12:34:56"),))
+)
 
 
 def work_dir() -> Path:

@@ -56,8 +56,14 @@ class StreamBuilder:
         self.out += b"\x08" + struct.pack(">HH", cmd, len(data)) + data
         return self
 
-    def device(self, idstr: str, fields: list[tuple[str, str, bytes]], instance: int = 0, version: int = 1,
-               describe: bool = True) -> StreamBuilder:
+    def device(
+        self,
+        idstr: str,
+        fields: list[tuple[str, str, bytes]],
+        instance: int = 0,
+        version: int = 1,
+        describe: bool = True,
+    ) -> StreamBuilder:
         """fields: (name, type, wire bytes)."""
         self.next_id += 10
         sid = self.next_id
@@ -66,9 +72,15 @@ class StreamBuilder:
             self.out += data
         self.out += b"\x7e" + struct.pack(">I", sid)
         if describe:
-            self.devices.append({"name": idstr, "instance_id": instance, "vmsd_name": idstr.rsplit("/", 1)[-1],
-                                 "version": version,
-                                 "fields": [{"name": n, "type": t, "size": len(d)} for n, t, d in fields]})
+            self.devices.append(
+                {
+                    "name": idstr,
+                    "instance_id": instance,
+                    "vmsd_name": idstr.rsplit("/", 1)[-1],
+                    "version": version,
+                    "fields": [{"name": n, "type": t, "size": len(d)} for n, t, d in fields],
+                }
+            )
         return self
 
     def finish(self, vmdesc: bool = True) -> bytes:
@@ -82,11 +94,21 @@ class StreamBuilder:
 def simple_stream(vmdesc: bool = True) -> bytes:
     """pc.ram of 4 pages (page 0 data, 1 zero, 2 data twice, 3 data then zero) and one device."""
     b = StreamBuilder().ram_start({"pc.ram": 4 * PS, "pc.bios": PS})
-    b.ram_chunk([("page", "pc.ram", 0, b"A" * PS), ("zero", None, PS), ("page", None, 2 * PS, b"B" * PS),
-                 ("page", None, 3 * PS, b"C" * PS)])
-    b.ram_chunk([("page", None, 2 * PS, b"D" * PS), ("zero", None, 3 * PS), ("page", "pc.bios", 0, b"R" * PS)],
-                end=True)
+    b.ram_chunk(
+        [
+            ("page", "pc.ram", 0, b"A" * PS),
+            ("zero", None, PS),
+            ("page", None, 2 * PS, b"B" * PS),
+            ("page", None, 3 * PS, b"C" * PS),
+        ]
+    )
+    b.ram_chunk(
+        [("page", None, 2 * PS, b"D" * PS), ("zero", None, 3 * PS), ("page", "pc.bios", 0, b"R" * PS)],
+        end=True,
+    )
     b.device("timer", [("offset", "int64", struct.pack(">q", -5)), ("flag", "bool", b"\x01")])
-    b.device("0000:00:03.0/nicdev", [("mac", "buffer", bytes.fromhex("525400123456")),
-                                     ("regs", "uint32", struct.pack(">I", 7))])
+    b.device(
+        "0000:00:03.0/nicdev",
+        [("mac", "buffer", bytes.fromhex("525400123456")), ("regs", "uint32", struct.pack(">I", 7))],
+    )
     return b.finish(vmdesc)

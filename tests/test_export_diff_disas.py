@@ -16,8 +16,9 @@ from vmstate_gdb.writer import save
 
 
 def vmstate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vmstate_gdb", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vmstate_gdb", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_diff_names_exactly_the_edits(snapshot, tmp_path):

@@ -26,8 +26,9 @@ NOTE = b"injected from a core\0"
 
 
 def vmstate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vmstate_gdb", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vmstate_gdb", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def poke(core: str, vaddr: int, data: bytes) -> None:

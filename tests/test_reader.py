@@ -14,12 +14,36 @@ from vmstate_gdb.snapshot import Snapshot
 
 pytestmark = pytest.mark.qemu
 
-SMALL = ["small-pc-e1000", "small-q35-virtio-2cpu", "small-pc-rtl8139-2cpu", "small-q35-e1000-savevm",
-         "small-pc-e1000-qemu10-file", "small-pc-e1000-qemu10-mapped", "small-q35-virtio-qemu10-savevm"]
+SMALL = [
+    "small-pc-e1000",
+    "small-q35-virtio-2cpu",
+    "small-pc-rtl8139-2cpu",
+    "small-q35-e1000-savevm",
+    "small-pc-e1000-qemu10-file",
+    "small-pc-e1000-qemu10-mapped",
+    "small-q35-virtio-qemu10-savevm",
+]
 ALL = SMALL + ["small-pc-bigmem", "linux-pc-3nic", "linux-q35-3nic-qemu10"]
 
-GPRS = ["RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10", "R11", "R12", "R13", "R14",
-        "R15", "RIP"]
+GPRS = [
+    "RAX",
+    "RBX",
+    "RCX",
+    "RDX",
+    "RSI",
+    "RDI",
+    "RBP",
+    "RSP",
+    "R8",
+    "R9",
+    "R10",
+    "R11",
+    "R12",
+    "R13",
+    "R14",
+    "R15",
+    "RIP",
+]
 
 
 def open_snap(meta) -> Snapshot:
@@ -142,13 +166,15 @@ def test_qcow2_and_stream_of_the_same_stopped_vm_agree(tmp_path, qemu_vm):
         for da, db in zip(a.devices.devices, b.devices.devices, strict=True):
             assert da.key == db.key
             if da.key != "globalstate":  # savevm records the run state from before it stopped
-                assert a.read_stream(da.section.body_offset, da.section.body_size) == \
-                    b.read_stream(db.section.body_offset, db.section.body_size), da.key
+                assert a.read_stream(da.section.body_offset, da.section.body_size) == b.read_stream(
+                    db.section.body_offset, db.section.body_size
+                ), da.key
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vmstate_gdb", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vmstate_gdb", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_info_devices_read_translate(snapshot):
@@ -166,11 +192,19 @@ def test_cli_info_devices_read_translate(snapshot):
     assert bytes.fromhex(read["hex"]).hex(":") == meta.config.nics[0].mac
     tr = json.loads(run_cli("translate", meta.path, hex(syms["tick"]), "--json").stdout)
     assert tr["physical"] == syms["tick"] - HIGHER_HALF and [s["level"] for s in tr["steps"]] == [
-        "PML4", "PDPT", "PD", "PT"]
+        "PML4",
+        "PDPT",
+        "PD",
+        "PT",
+    ]
     bad = run_cli("read", meta.path, "0x7000000000", "--phys")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not guest RAM" in bad.stderr
     missing = run_cli("info", "/nonexistent/snap.img")
-    assert missing.returncode == 1 and "/nonexistent/snap.img" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode == 1
+        and "/nonexistent/snap.img" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
 
 
 def test_real_stream_corruption_is_one_clear_error(snapshot, tmp_path):
@@ -178,11 +212,14 @@ def test_real_stream_corruption_is_one_clear_error(snapshot, tmp_path):
     meta = snapshot("small-pc-e1000")
     data = open(meta.path, "rb").read()
     with Snapshot.open(meta.path) as snap:
-        cuts = sorted({s.header_offset for s in snap.index.sections} | {s.body_end for s in snap.index.sections}
-                      | {snap.index.eof_offset})
+        cuts = sorted(
+            {s.header_offset for s in snap.index.sections}
+            | {s.body_end for s in snap.index.sections}
+            | {snap.index.eof_offset}
+        )
     bad = tmp_path / "bad.vmstate"
     for cut in cuts:
-        for variant in (data[:cut], data[:cut] + bytes([data[cut] ^ 0xFF]) + data[cut + 1:]):
+        for variant in (data[:cut], data[:cut] + bytes([data[cut] ^ 0xFF]) + data[cut + 1 :]):
             bad.write_bytes(variant)
             try:
                 Snapshot.open(str(bad)).close()

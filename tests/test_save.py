@@ -38,8 +38,15 @@ def out_path(tmp_path, meta) -> str:
     return str(tmp_path / ("edited.qcow2" if meta.format == "qcow2" else "edited.vmstate"))
 
 
-SMALL_MATRIX = ["small-pc-e1000", "small-q35-virtio-2cpu", "small-pc-rtl8139-2cpu", "small-q35-e1000-savevm",
-                "small-pc-e1000-qemu10-file", "small-pc-e1000-qemu10-mapped", "small-q35-virtio-qemu10-savevm"]
+SMALL_MATRIX = [
+    "small-pc-e1000",
+    "small-q35-virtio-2cpu",
+    "small-pc-rtl8139-2cpu",
+    "small-q35-e1000-savevm",
+    "small-pc-e1000-qemu10-file",
+    "small-pc-e1000-qemu10-mapped",
+    "small-q35-virtio-qemu10-savevm",
+]
 
 
 @pytest.mark.parametrize("name", SMALL_MATRIX)
@@ -160,8 +167,25 @@ def test_a_failed_save_leaves_nothing_behind(snapshot, tmp_path, monkeypatch):
 def test_cli_patch_end_to_end(snapshot, restored, tmp_path):
     meta = snapshot("small-pc-rtl8139-2cpu")
     out = str(tmp_path / "cli.vmstate")
-    run = subprocess.run([sys.executable, "-m", "vmstate_gdb", "patch", meta.path, out, "--mac", NEW_MAC,
-                          "--memory", "--reg", "0:r12=0x77", "-q"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmstate_gdb",
+            "patch",
+            meta.path,
+            out,
+            "--mac",
+            NEW_MAC,
+            "--memory",
+            "--reg",
+            "0:r12=0x77",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "rtl8139" in run.stdout and f"mac={NEW_MAC}" in run.stdout and "-incoming" in run.stdout
     vm = restored(edited_meta(meta, out, {meta.config.nics[0].mac: NEW_MAC}))

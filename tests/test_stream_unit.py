@@ -23,7 +23,7 @@ def idx_of(data: bytes):
 
 def page(data: bytes, idx, block: str, n: int) -> bytes:
     loc = idx.ram.blocks[block].pages[n]
-    return bytes(PS) if loc in (PAGE_ZERO, PAGE_ABSENT) else data[loc:loc + PS]
+    return bytes(PS) if loc in (PAGE_ZERO, PAGE_ABSENT) else data[loc : loc + PS]
 
 
 def test_last_record_wins_across_chunks_and_continue():
@@ -48,11 +48,11 @@ def test_never_sent_page_is_absent():
 def test_device_tree_values_and_offsets():
     data = simple_stream()
     idx = idx_of(data)
-    tree = DeviceTree(idx, lambda o, n: data[o:o + n])
+    tree = DeviceTree(idx, lambda o, n: data[o : o + n])
     timer = tree.resolve("timer/offset")
     assert timer.value(tree.read) == -5
     mac = tree.resolve("nicdev/mac")
-    assert data[mac.offset:mac.offset + 6] == bytes.fromhex("525400123456")
+    assert data[mac.offset : mac.offset + 6] == bytes.fromhex("525400123456")
     assert tree.resolve("0000:00:03.0/nicdev/regs").value(tree.read) == 7
 
 
@@ -61,7 +61,7 @@ def test_without_vmdesc_sections_are_found_by_their_footers():
     idx = idx_of(data)
     assert idx.vmdesc is None
     assert [s.body_size for s in idx.devices] == [9, 10]
-    tree = DeviceTree(idx, lambda o, n: data[o:o + n])
+    tree = DeviceTree(idx, lambda o, n: data[o : o + n])
     assert tree.resolve("timer/data").size == 9
 
 
@@ -163,7 +163,7 @@ def test_random_bit_flips_never_escape_as_other_exceptions(data):
         raw[pos] ^= 1 << data.draw(st.integers(0, 7))
     try:
         idx = idx_of(bytes(raw))
-        DeviceTree(idx, lambda o, n: bytes(raw[o:o + n]))
+        DeviceTree(idx, lambda o, n: bytes(raw[o : o + n]))
     except VmstateError as e:
         assert "\n" not in str(e)
 
@@ -194,8 +194,10 @@ def test_bulk_runs_index_like_record_by_record():
 
 def test_bulk_run_stops_at_a_corrupted_header():
     b = StreamBuilder().ram_start({"pc.ram": 64 * PS})
-    b.ram_chunk([("page", "pc.ram", 0, bytes(PS))] + [("page", None, i * PS, bytes(PS)) for i in range(1, 64)],
-                end=True)
+    b.ram_chunk(
+        [("page", "pc.ram", 0, bytes(PS))] + [("page", None, i * PS, bytes(PS)) for i in range(1, 64)],
+        end=True,
+    )
     data = bytearray(b.finish())
     with_flip = idx_of(bytes(data))
     at = with_flip.ram.blocks["pc.ram"].pages[40] - 8  # header of page 40

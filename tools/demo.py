@@ -67,8 +67,8 @@ def main() -> int:
     for t in ticks:
         print(t.line)
     ok = ticks[0].n > meta.last_tick.n and all(t.sw_mac == args.mac == t.hw_mac for t in ticks)
-    say("the VM continued from TICK %d with MAC %s in the NIC and in its memory: %s"
-        % (meta.last_tick.n, args.mac, "OK" if ok else "FAILED"))
+    verdict = "OK" if ok else "FAILED"
+    say(f"the VM continued from TICK {meta.last_tick.n} with MAC {args.mac} in the NIC and in memory: {verdict}")
     return 0 if ok else 1
 
 

@@ -32,8 +32,13 @@ def _size(text: str) -> int:
 
 def _open(args) -> Snapshot:
     progress = Progress(f"opening {args.snap}", enabled=None if not args.quiet else False)
-    snap = open_snapshot(args.snap, snapshot=args.snapshot, offset=args.offset,
-                         max_ram_below_4g=args.max_ram_below_4g, progress=progress)
+    snap = open_snapshot(
+        args.snap,
+        snapshot=args.snapshot,
+        offset=args.offset,
+        max_ram_below_4g=args.max_ram_below_4g,
+        progress=progress,
+    )
     progress.done()
     return snap
 
@@ -48,6 +53,7 @@ def _emit(args, data, text: str) -> None:
 
 # -- info -------------------------------------------------------------------------------------
 
+
 def cmd_info(args) -> int:
     from .arch.x86_64.disasm import disassemble_at
 
@@ -61,27 +67,44 @@ def cmd_info(args) -> int:
                 at_rip = insn[0].text if insn else "(no instruction decoded)"
             except VmstateError as e:
                 at_rip = f"(unreadable: {e.message})"
-            cpus.append({"index": cpu.index, "mode": cpu.cpu_mode, "paging": cpu.paging_mode,
-                         "rip": cpu["rip"], "cr3": cpu["cr3"], "halted": cpu.halted, "instruction": at_rip})
+            cpus.append(
+                {
+                    "index": cpu.index,
+                    "mode": cpu.cpu_mode,
+                    "paging": cpu.paging_mode,
+                    "rip": cpu["rip"],
+                    "cr3": cpu["cr3"],
+                    "halted": cpu.halted,
+                    "instruction": at_rip,
+                }
+            )
         nics = [n.describe() for n in snap.nics()]
         data.update(cpus=cpus, nics=nics, devices=[d.key for d in snap.devices.devices])
-        lines = [f"{snap.path}: QEMU snapshot ({data['container']['kind']})",
-                 f"  machine type  {data['machine_type'] or '(none recorded)'}",
-                 f"  page size     {data['page_size']}",
-                 f"  features      {', '.join(data['capabilities']) or 'plain stream'}"
-                 f"{'; ' + ', '.join(data['commands']) if data['commands'] else ''}"
-                 f"{'; no VMDESCRIPTION' if not data['vmdesc'] else ''}"]
+        lines = [
+            f"{snap.path}: QEMU snapshot ({data['container']['kind']})",
+            f"  machine type  {data['machine_type'] or '(none recorded)'}",
+            f"  page size     {data['page_size']}",
+            f"  features      {', '.join(data['capabilities']) or 'plain stream'}"
+            f"{'; ' + ', '.join(data['commands']) if data['commands'] else ''}"
+            f"{'; no VMDESCRIPTION' if not data['vmdesc'] else ''}",
+        ]
         lines.append("  RAM blocks")
         for b in data["ram_blocks"]:
-            lines.append(f"    {b['name']:<36} {_human(b['size']):>9}  {b['data']} data pages, {b['zero']} zero")
+            lines.append(
+                f"    {b['name']:<36} {_human(b['size']):>9}  {b['data']} data pages, {b['zero']} zero"
+            )
         lines.append("  guest-physical layout")
         for r in data["layout"]:
-            lines.append(f"    {r['start']:#014x}-{r['start'] + r['size'] - 1:#014x}  {r['block']}+{r['block_offset']:#x}"
-                         f" ({r['kind']})")
+            lines.append(
+                f"    {r['start']:#014x}-{r['start'] + r['size'] - 1:#014x}  "
+                f"{r['block']}+{r['block_offset']:#x} ({r['kind']})"
+            )
         lines.append(f"  vCPUs         {len(cpus)}")
         for c in cpus:
-            lines.append(f"    cpu{c['index']}: {c['mode']:<11} paging {c['paging']:<8} rip={c['rip']:#x} "
-                         f"cr3={c['cr3']:#x}{' halted' if c['halted'] else ''}  {c['instruction']}")
+            lines.append(
+                f"    cpu{c['index']}: {c['mode']:<11} paging {c['paging']:<8} rip={c['rip']:#x} "
+                f"cr3={c['cr3']:#x}{' halted' if c['halted'] else ''}  {c['instruction']}"
+            )
         lines.append(f"  devices       {len(data['devices'])}")
         for n in nics:
             lines.append(f"    NIC {n['name']} ({n['model']}): {n['mac']}")
@@ -107,15 +130,28 @@ def _linear_reader(snap: Snapshot, cpu):
 
 # -- devices ----------------------------------------------------------------------------------
 
+
 def cmd_devices(args) -> int:
     with _open(args) as snap:
         if not args.path:
-            data = [{"key": d.key, "idstr": d.idstr, "instance_id": d.section.instance_id, "model": d.model,
-                     "version": d.section.version_id, "size": d.section.body_size,
-                     "offset": snap.source.file_offset(d.section.body_offset),
-                     "described": d.root.vmsd_name is not None} for d in snap.devices.devices]
-            text = "\n".join(f"{d['key']:<40} {d['model']:<20} v{d['version']:<3} {d['size']:>8} bytes"
-                             f"{'' if d['described'] else '  (raw)'}" for d in data)
+            data = [
+                {
+                    "key": d.key,
+                    "idstr": d.idstr,
+                    "instance_id": d.section.instance_id,
+                    "model": d.model,
+                    "version": d.section.version_id,
+                    "size": d.section.body_size,
+                    "offset": snap.source.file_offset(d.section.body_offset),
+                    "described": d.root.vmsd_name is not None,
+                }
+                for d in snap.devices.devices
+            ]
+            text = "\n".join(
+                f"{d['key']:<40} {d['model']:<20} v{d['version']:<3} {d['size']:>8} bytes"
+                f"{'' if d['described'] else '  (raw)'}"
+                for d in data
+            )
             _emit(args, data, text)
             return 0
         node = snap.devices.resolve(args.path)
@@ -144,8 +180,10 @@ def _render(snap: Snapshot, node: Node, lines: list[str], indent: int, depth: in
         for i in range(node.count):
             _render(snap, node.element(i), lines, indent + 1, depth - 1)
         return
-    lines.append(f"{pad}{node.name}: {node.type}{' ' + node.vmsd_name if getattr(node, 'vmsd_name', None) else ''}"
-                 f" ({node.size} bytes @ {file_off:#x})")
+    lines.append(
+        f"{pad}{node.name}: {node.type}{' ' + node.vmsd_name if getattr(node, 'vmsd_name', None) else ''}"
+        f" ({node.size} bytes @ {file_off:#x})"
+    )
     if depth <= 0:
         return
     for c in node.children():
@@ -154,6 +192,7 @@ def _render(snap: Snapshot, node: Node, lines: list[str], indent: int, depth: in
 
 # -- read / translate -------------------------------------------------------------------------
 
+
 def cmd_read(args) -> int:
     with _open(args) as snap:
         space = snap.physical if args.phys else snap.virtual(args.cpu)
@@ -161,8 +200,11 @@ def cmd_read(args) -> int:
         if args.raw:
             sys.stdout.buffer.write(data)
             return 0
-        _emit(args, {"address": args.address, "length": len(data), "physical": args.phys, "hex": data.hex()},
-              _hexdump(args.address, data))
+        _emit(
+            args,
+            {"address": args.address, "length": len(data), "physical": args.phys, "hex": data.hex()},
+            _hexdump(args.address, data),
+        )
     return 0
 
 
@@ -170,7 +212,7 @@ def _hexdump(address: int, data: bytes) -> str:
     printable = set(string.printable.encode()) - set(b"\t\n\r\x0b\x0c")
     lines = []
     for i in range(0, len(data), 16):
-        chunk = data[i:i + 16]
+        chunk = data[i : i + 16]
         hexes = " ".join(f"{b:02x}" for b in chunk)
         text = "".join(chr(b) if b in printable else "." for b in chunk)
         lines.append(f"{address + i:016x}  {hexes:<47}  |{text}|")
@@ -188,11 +230,21 @@ def cmd_translate(args) -> int:
             for s in steps:
                 print(f"  {s.level:<5} [{s.index:3d}] @ {s.entry_address:#x} = {s.entry:#018x}")
             raise
-        data = {"virtual": t.virtual, "physical": t.physical, "page_size": t.page_size, "mode": cpu.paging_mode,
-                "cr3": cpu["cr3"], "steps": [{"level": s.level, "index": s.index, "entry_address": s.entry_address,
-                                               "entry": s.entry} for s in t.steps]}
-        lines = [f"{t.virtual:#x} -> physical {t.physical:#x} ({_human(t.page_size)} page, {cpu.paging_mode}, "
-                 f"cr3={cpu['cr3']:#x})"]
+        data = {
+            "virtual": t.virtual,
+            "physical": t.physical,
+            "page_size": t.page_size,
+            "mode": cpu.paging_mode,
+            "cr3": cpu["cr3"],
+            "steps": [
+                {"level": s.level, "index": s.index, "entry_address": s.entry_address, "entry": s.entry}
+                for s in t.steps
+            ],
+        }
+        lines = [
+            f"{t.virtual:#x} -> physical {t.physical:#x} ({_human(t.page_size)} page, {cpu.paging_mode}, "
+            f"cr3={cpu['cr3']:#x})"
+        ]
         for s in t.steps:
             lines.append(f"  {s.level:<5} [{s.index:3d}] @ {s.entry_address:#x} = {s.entry:#018x}")
         _emit(args, data, "\n".join(lines))
@@ -204,10 +256,12 @@ def cmd_snapshots(args) -> int:
 
     snaps = list_snapshots(args.snap)
     data = [vars(s) if hasattr(s, "__dict__") else s for s in snaps]
-    lines = [f"{'ID':<6}{'TAG':<24}{'VM SIZE':>12}  DATE" ]
+    lines = [f"{'ID':<6}{'TAG':<24}{'VM SIZE':>12}  DATE"]
     for s in snaps:
-        lines.append(f"{getattr(s, 'id', '')!s:<6}{getattr(s, 'name', '')!s:<24}"
-                     f"{_human(getattr(s, 'vm_state_size', 0)):>12}  {getattr(s, 'date_sec', '')}")
+        lines.append(
+            f"{getattr(s, 'id', '')!s:<6}{getattr(s, 'name', '')!s:<24}"
+            f"{_human(getattr(s, 'vm_state_size', 0)):>12}  {getattr(s, 'date_sec', '')}"
+        )
     _emit(args, data, "\n".join(lines))
     return 0
 
@@ -215,24 +269,38 @@ def cmd_snapshots(args) -> int:
 def cmd_nics(args) -> int:
     with _open(args) as snap:
         nics = snap.nics()
-        _emit(args, [n.describe() for n in nics],
-              "\n".join(f"{n.name} ({n.model}): {format_mac(n.mac)}" for n in nics) or "no NICs")
+        _emit(
+            args,
+            [n.describe() for n in nics],
+            "\n".join(f"{n.name} ({n.model}): {format_mac(n.mac)}" for n in nics) or "no NICs",
+        )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vmstate", description="Inspect and edit QEMU/KVM snapshots "
-                                "(migration streams, libvirt save files, qcow2 savevm snapshots).")
+    p = argparse.ArgumentParser(
+        prog="vmstate",
+        description="Inspect and edit QEMU/KVM snapshots "
+        "(migration streams, libvirt save files, qcow2 savevm snapshots).",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     def snap_cmd(name: str, helptext: str, func):
         sp = sub.add_parser(name, help=helptext, description=helptext)
-        sp.add_argument("snap", metavar="SNAP", help="snapshot file: migration stream, libvirt save, or qcow2")
+        sp.add_argument(
+            "snap", metavar="SNAP", help="snapshot file: migration stream, libvirt save, or qcow2"
+        )
         sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
-        sp.add_argument("--offset", type=_int, default=None, help="the stream starts at this byte of the file")
-        sp.add_argument("--max-ram-below-4g", type=_size, default=None,
-                        help="the machine's max-ram-below-4g option, if it was set")
+        sp.add_argument(
+            "--offset", type=_int, default=None, help="the stream starts at this byte of the file"
+        )
+        sp.add_argument(
+            "--max-ram-below-4g",
+            type=_size,
+            default=None,
+            help="the machine's max-ram-below-4g option, if it was set",
+        )
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
         sp.set_defaults(func=func)
@@ -264,8 +332,12 @@ def _register_optional(sub) -> None:
     """Commands that live in their own modules register themselves here (writer, exports, server...)."""
     import importlib
 
-    for module in ("vmstate_gdb.writer.cli", "vmstate_gdb.rsp.cli", "vmstate_gdb.export.cli",
-                   "vmstate_gdb.capture.cli"):
+    for module in (
+        "vmstate_gdb.writer.cli",
+        "vmstate_gdb.rsp.cli",
+        "vmstate_gdb.export.cli",
+        "vmstate_gdb.capture.cli",
+    ):
         try:
             mod = importlib.import_module(module)
         except ImportError:

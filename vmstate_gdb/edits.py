@@ -51,7 +51,7 @@ class EditOverlay:
             if out is None:
                 out = bytearray(raw)
             lo, hi = max(offset, p.offset), min(end, p_end)
-            out[lo - offset:hi - offset] = p.data[lo - p.offset:hi - p.offset]
+            out[lo - offset : hi - offset] = p.data[lo - p.offset : hi - p.offset]
         return bytes(out) if out is not None else raw
 
     def clear(self) -> None:

@@ -34,7 +34,9 @@ def pick_nic(snap: Snapshot, name: str | None) -> Nic:
         raise EditError("this snapshot has no NIC (e1000, e1000e, rtl8139, virtio-net)")
     if name is None:
         if len(nics) > 1:
-            raise EditError(f"{len(nics)} NICs; name one: " + ", ".join(f"{n.name} ({n.model})" for n in nics))
+            raise EditError(
+                f"{len(nics)} NICs; name one: " + ", ".join(f"{n.name} ({n.model})" for n in nics)
+            )
         return nics[0]
     for n in nics:
         if name in (n.name, n.model) or n.name.endswith("/" + name) or n.name.split("/")[0] == name:

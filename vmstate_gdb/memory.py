@@ -32,7 +32,7 @@ class GuestRam:
         loc = block.pages[index]
         if loc == PAGE_ZERO or loc == PAGE_ABSENT:
             return bytes(block.page_size)
-        return bytes(self.buf[loc:loc + block.page_size])
+        return bytes(self.buf[loc : loc + block.page_size])
 
     def read(self, name: str, offset: int, size: int) -> bytes:
         block = self.blocks[name]
@@ -45,13 +45,13 @@ class GuestRam:
             n = min(size, ps - within)
             edited = self.overlay.page(name, index)
             if edited is not None:
-                out += edited[within:within + n]
+                out += edited[within : within + n]
             else:
                 loc = block.pages[index]
                 if loc == PAGE_ZERO or loc == PAGE_ABSENT:
                     out += bytes(n)
                 else:
-                    out += self.buf[loc + within:loc + within + n]
+                    out += self.buf[loc + within : loc + within + n]
             offset += n
             size -= n
         return bytes(out)
@@ -68,7 +68,7 @@ class GuestRam:
             page = self.overlay.page(name, index)
             if page is None:
                 page = bytearray(self.page(block, index))
-            page[within:within + n] = data[pos:pos + n]
+            page[within : within + n] = data[pos : pos + n]
             self.overlay.set_page(name, index, page)
             pos += n
 
@@ -97,17 +97,18 @@ class PhysicalMemory:
             size -= n
 
     def read(self, address: int, size: int) -> bytes:
-        return b"".join(self.ram.read(r.block, r.block_offset + a - r.start, n) for r, a, n in
-                        self._spans(address, size))
+        return b"".join(
+            self.ram.read(r.block, r.block_offset + a - r.start, n) for r, a, n in self._spans(address, size)
+        )
 
     def write(self, address: int, data: bytes) -> None:
         spans = list(self._spans(address, len(data)))  # check the whole range before changing anything
         pos = 0
-        for r, a, n in spans:
+        for r, a, _n in spans:
             if r.kind != "ram":
                 raise AddressError(f"physical address {a:#x} is in {r.block} (ROM); not writable", a)
         for r, a, n in spans:
-            self.ram.write(r.block, r.block_offset + a - r.start, data[pos:pos + n])
+            self.ram.write(r.block, r.block_offset + a - r.start, data[pos : pos + n])
             pos += n
 
     def readable_prefix(self, address: int, size: int) -> bytes:
@@ -146,7 +147,6 @@ def _search_block(ram: GuestRam, r: PhysicalRange, lo: int, hi: int, pattern: by
     first = off_lo // ps
     last = (off_hi + ps - 1) // ps
     carry = b""
-    carry_start = off_lo
     p = first
     while p < last:
         # Gather a run of pages; a zero page breaks the run (unless the pattern can be in zeros).
@@ -200,7 +200,7 @@ class VirtualMemory:
         spans = list(self._spans(vaddr, len(data)))
         pos = 0
         for p, n in spans:
-            self.physical.write(p, data[pos:pos + n])
+            self.physical.write(p, data[pos : pos + n])
             pos += n
 
 

@@ -30,8 +30,17 @@ def write_meta(snapshot_path: str, meta: dict) -> None:
     os.replace(tmp, meta_path(snapshot_path))
 
 
-_DROP_WITH_VALUE = {"-incoming", "-loadvm", "-qmp", "-monitor", "-serial", "-chardev", "-mon", "-pidfile",
-                    "-daemonize"}
+_DROP_WITH_VALUE = {
+    "-incoming",
+    "-loadvm",
+    "-qmp",
+    "-monitor",
+    "-serial",
+    "-chardev",
+    "-mon",
+    "-pidfile",
+    "-daemonize",
+}
 
 
 def _source_argv(meta: dict) -> list[str] | None:
@@ -44,9 +53,16 @@ def _source_argv(meta: dict) -> list[str] | None:
     return None
 
 
-def resume_argv(meta: dict, snapshot_path: str, kind: str, tag: str | None = None,
-                mac_changes: dict[str, str] | None = None, original_image: str | None = None,
-                mapped_ram: bool = False, machine_type: str | None = None) -> list[str] | None:
+def resume_argv(
+    meta: dict,
+    snapshot_path: str,
+    kind: str,
+    tag: str | None = None,
+    mac_changes: dict[str, str] | None = None,
+    original_image: str | None = None,
+    mapped_ram: bool = False,
+    machine_type: str | None = None,
+) -> list[str] | None:
     """QEMU argv that resumes ``snapshot_path``; None if the meta has no command line.
 
     The console goes to stdio and the monitor away; ``machine_type`` (the versioned name the
@@ -93,12 +109,17 @@ def resume_argv(meta: dict, snapshot_path: str, kind: str, tag: str | None = Non
 
 def resume_text(argv: list[str] | None, kind: str, mapped_ram: bool, snapshot_path: str) -> str:
     if argv is None:
-        how = (f"start QEMU with the VM's own options plus -loadvm TAG on {snapshot_path}" if kind == "qcow2" else
-               f"start QEMU with the VM's own options plus -incoming \"exec:cat {snapshot_path}\"")
+        how = (
+            f"start QEMU with the VM's own options plus -loadvm TAG on {snapshot_path}"
+            if kind == "qcow2"
+            else f'start QEMU with the VM\'s own options plus -incoming "exec:cat {snapshot_path}"'
+        )
         return f"to resume: {how}, then 'cont' in the monitor"
     text = "to resume:\n  " + shlex.join(argv)
     if mapped_ram:
-        text += ("\n  then over QMP: migrate-set-capabilities mapped-ram=on, "
-                 f"migrate-incoming {{\"uri\": \"file:{os.path.abspath(snapshot_path)}\"}}")
+        text += (
+            "\n  then over QMP: migrate-set-capabilities mapped-ram=on, "
+            f'migrate-incoming {{"uri": "file:{os.path.abspath(snapshot_path)}"}}'
+        )
     text += "\n  then 'cont' (the VM was stopped when it was saved)"
     return text

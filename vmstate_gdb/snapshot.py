@@ -22,8 +22,9 @@ from .stream.index import StreamIndex, index_stream
 Progress = Callable[[int, int], None]
 
 # Registers whose change must be reflected in TCG's derived hflags (see compute_hflags).
-_HFLAGS_INPUTS = {"cr0", "cr4", "efer", "eflags"} | {f"{s}.{p}" for s in ("cs", "ss", "ds", "es")
-                                                   for p in ("flags", "base")}
+_HFLAGS_INPUTS = {"cr0", "cr4", "efer", "eflags"} | {
+    f"{s}.{p}" for s in ("cs", "ss", "ds", "es") for p in ("flags", "base")
+}
 
 
 class _SourceBuffer:
@@ -58,8 +59,15 @@ class Snapshot:
         self._cpus_generation = -1
 
     @classmethod
-    def open(cls, path: str, snapshot: str | None = None, *, offset: int | None = None,
-             max_ram_below_4g: int | None = None, progress: Progress | None = None) -> Snapshot:
+    def open(
+        cls,
+        path: str,
+        snapshot: str | None = None,
+        *,
+        offset: int | None = None,
+        max_ram_below_4g: int | None = None,
+        progress: Progress | None = None,
+    ) -> Snapshot:
         source = open_source(path, snapshot, offset)
         try:
             view = source.view()
@@ -68,9 +76,14 @@ class Snapshot:
             # mapped-ram offsets are positions in QEMU's channel: the file for plain streams, the
             # vmstate area for qcow2.
             channel_base = 0 if source.kind == "qcow2" else origin
-            index = index_stream(buf, path, origin=origin if source.kind != "qcow2" else 0,
-                                 channel_base=channel_base, progress=progress,
-                                 release=getattr(source, "release", None))
+            index = index_stream(
+                buf,
+                path,
+                origin=origin if source.kind != "qcow2" else 0,
+                channel_base=channel_base,
+                progress=progress,
+                release=getattr(source, "release", None),
+            )
             return cls(source, index, buf, max_ram_below_4g)
         except BaseException:
             source.close()
@@ -92,10 +105,11 @@ class Snapshot:
     # -- bytes of the stream, with the overlay's patches ----------------------------------------
 
     def read_stream(self, offset: int, size: int) -> bytes:
-        raw = bytes(self.buf[offset:offset + size])
+        raw = bytes(self.buf[offset : offset + size])
         if len(raw) != size:
-            raise FormatError(f"read of {size} bytes at stream offset {offset:#x} runs past the end",
-                              self.path, offset)
+            raise FormatError(
+                f"read of {size} bytes at stream offset {offset:#x} runs past the end", self.path, offset
+            )
         return self.edits.apply(offset, raw) if self.edits.patches else raw
 
     # -- vCPUs ----------------------------------------------------------------------------------
@@ -118,7 +132,8 @@ class Snapshot:
             if common is not None and common.body_size >= 4:
                 cpu.halted = bool(int.from_bytes(self.read_stream(common.body_offset, 4), "big"))
             apic = self.devices.device(f"apic[{sec.instance_id}]") or (
-                self.devices.device("apic") if sec.instance_id == 0 else None)
+                self.devices.device("apic") if sec.instance_id == 0 else None
+            )
             if apic is not None:
                 for name, attr in (("tpr", "apic_tpr"), ("apicbase", "apic_base")):
                     node = apic.root.child(name)
@@ -138,8 +153,10 @@ class Snapshot:
         """Change a vCPU register in the overlay; returns the fields written (hflags included)."""
         cpu = self.cpu(cpu_index)
         if name not in CPU_FIELDS:
-            raise EditError(f"unknown register {name!r} (known: rax..r15, rip, eflags, cr0, cr3, efer, "
-                            "fs.base, cs.selector, xmm0.lo, ...)")
+            raise EditError(
+                f"unknown register {name!r} (known: rax..r15, rip, eflags, cr0, cr3, efer, "
+                "fs.base, cs.selector, xmm0.lo, ...)"
+            )
         offset, size = cpu.field_offset(name)
         if not 0 <= value < 1 << (8 * size):
             raise EditError(f"value {value:#x} does not fit register {name} ({8 * size} bits)")
@@ -197,9 +214,19 @@ class Snapshot:
             "capabilities": idx.capabilities,
             "commands": [c.name for c in idx.commands],
             "vmdesc": idx.vmdesc is not None,
-            "ram_blocks": [{"name": b.name, "size": b.used_length, **b.counts()} for b in idx.ram.blocks.values()],
-            "layout": [{"start": r.start, "size": r.size, "block": r.block, "block_offset": r.block_offset,
-                        "kind": r.kind} for r in self.layout.ranges],
+            "ram_blocks": [
+                {"name": b.name, "size": b.used_length, **b.counts()} for b in idx.ram.blocks.values()
+            ],
+            "layout": [
+                {
+                    "start": r.start,
+                    "size": r.size,
+                    "block": r.block,
+                    "block_offset": r.block_offset,
+                    "kind": r.kind,
+                }
+                for r in self.layout.ranges
+            ],
             "warnings": idx.warnings + self.layout.notes,
         }
 

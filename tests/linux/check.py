@@ -8,6 +8,7 @@ Measures the time to "LINUX READY" and to the first TICK, checks that every
 NIC ticks with its MAC, and reads linux_banner through the QEMU monitor
 (`x/s` on the System.map address) to confirm that nokaslr holds.
 """
+
 import argparse
 import os
 import re
@@ -19,25 +20,45 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.join(HERE, "build")
-NICS = [("e1000", "52:54:00:00:00:01"),
-        ("rtl8139", "52:54:00:00:00:02"),
-        ("virtio-net-pci", "52:54:00:00:00:03")]
+NICS = [
+    ("e1000", "52:54:00:00:00:01"),
+    ("rtl8139", "52:54:00:00:00:02"),
+    ("virtio-net-pci", "52:54:00:00:00:03"),
+]
 
 
 def qemu_argv(machine, smp, cpu, serial, monitor, kernel="vmlinuz"):
     with open(os.path.join(BUILD, "kernel.cmdline")) as f:
         cmdline = f.read().strip()
-    argv = ["qemu-system-x86_64", "-accel", "tcg", "-M", machine, "-m", "256",
-            "-smp", str(smp), "-nographic", "-no-reboot",
-            "-kernel", os.path.join(BUILD, kernel),
-            "-initrd", os.path.join(BUILD, "initrd.img"),
-            "-append", cmdline, "-serial", "file:" + serial,
-            "-monitor", "unix:%s,server,nowait" % monitor, "-display", "none"]
+    argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-M",
+        machine,
+        "-m",
+        "256",
+        "-smp",
+        str(smp),
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        os.path.join(BUILD, kernel),
+        "-initrd",
+        os.path.join(BUILD, "initrd.img"),
+        "-append",
+        cmdline,
+        "-serial",
+        "file:" + serial,
+        "-monitor",
+        "unix:%s,server,nowait" % monitor,
+        "-display",
+        "none",
+    ]
     if cpu:
         argv += ["-cpu", cpu]
     for i, (dev, mac) in enumerate(NICS):
-        argv += ["-netdev", "user,id=n%d" % i,
-                 "-device", "%s,netdev=n%d,mac=%s" % (dev, i, mac)]
+        argv += ["-netdev", "user,id=n%d" % i, "-device", "%s,netdev=n%d,mac=%s" % (dev, i, mac)]
     return argv
 
 
@@ -51,6 +72,7 @@ def hmp(path, command):
         nonlocal buf
         while not buf.endswith(b"(qemu) "):
             buf += s.recv(4096)
+
     until_prompt()
     buf = b""
     s.sendall(command.encode() + b"\n")
@@ -75,13 +97,16 @@ def main():
             p = line.split()
             if len(p) == 3 and p[2] == "linux_banner":
                 banner = int(p[0], 16)
-    assert banner is not None and banner >> 28 == 0xffffffff8, hex(banner or 0)
+    assert banner is not None and banner >> 28 == 0xFFFFFFFF8, hex(banner or 0)
 
     tmp = tempfile.mkdtemp(prefix="vmstate-linux-")
     serial = os.path.join(tmp, "serial.log")
     monitor = os.path.join(tmp, "mon.sock")
-    proc = subprocess.Popen(qemu_argv(a.M, a.smp, a.cpu, serial, monitor, a.kernel),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        qemu_argv(a.M, a.smp, a.cpu, serial, monitor, a.kernel),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
     t0 = time.monotonic()
     ready = first_tick = None
     ok = False
@@ -108,9 +133,17 @@ def main():
     text = open(serial, errors="replace").read().replace("\r", "")
     for m in re.findall(r"(NIC \S+ \S+ \S*|init: .*|LINUX READY)", text):
         print(m)
-    print("kernel=%s machine=%s smp=%d cpu=%s: LINUX READY after %s s, TICK 1 after %s s"
-          % (a.kernel, a.M, a.smp, a.cpu or "default",
-             ready and "%.2f" % ready, first_tick and "%.2f" % first_tick))
+    print(
+        "kernel=%s machine=%s smp=%d cpu=%s: LINUX READY after %s s, TICK 1 after %s s"
+        % (
+            a.kernel,
+            a.M,
+            a.smp,
+            a.cpu or "default",
+            ready and "%.2f" % ready,
+            first_tick and "%.2f" % first_tick,
+        )
+    )
     if not ok:
         print(text[-3000:])
         sys.exit("FAIL: no TICK %d" % (a.ticks + 1))

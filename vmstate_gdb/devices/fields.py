@@ -12,8 +12,19 @@ ByteReader = Callable[[int, int], bytes]
 
 # VMStateInfo names whose wire form is one big-endian integer (migration/vmstate-types.c).
 _SIGNED = {"int8", "int16", "int32", "int64", "int32 le", "int32 equal", "int64 equal", "timer"}
-_UNSIGNED = {"bool", "uint8", "uint16", "uint32", "uint64", "uint8 equal", "uint16 equal", "uint32 equal",
-             "uint64 equal", "uint64_t", "int64_t"}
+_UNSIGNED = {
+    "bool",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "uint8 equal",
+    "uint16 equal",
+    "uint32 equal",
+    "uint64 equal",
+    "uint64_t",
+    "int64_t",
+}
 INTEGER_TYPES = _SIGNED | _UNSIGNED
 
 
@@ -67,8 +78,11 @@ class Leaf(Node):
         if self.is_integer:
             if not isinstance(value, int):
                 raise ValueError(f"{self.path} is an integer field ({self.type})")
-            lo, hi = (-(1 << (8 * self.size - 1)), (1 << (8 * self.size - 1)) - 1) if self.signed else (
-                0, (1 << (8 * self.size)) - 1)
+            lo, hi = (
+                (-(1 << (8 * self.size - 1)), (1 << (8 * self.size - 1)) - 1)
+                if self.signed
+                else (0, (1 << (8 * self.size)) - 1)
+            )
             if self.type == "bool":
                 hi = 1
             if not lo <= value <= hi:

@@ -33,13 +33,19 @@ def to_plain(node: Node, read, depth: int = 64, array_limit: int = 4096):
     if isinstance(node, Leaf):
         value = node.value(read)
         out = {"type": node.type, "size": node.size, "offset": node.offset}
-        out["value"] = value if isinstance(value, int) else (
-            format_mac(value) if looks_like_mac(node) else value.hex())
+        out["value"] = (
+            value if isinstance(value, int) else (format_mac(value) if looks_like_mac(node) else value.hex())
+        )
         return out
     if isinstance(node, Array):
         if node.count > array_limit or depth <= 0:
-            return {"type": node.type, "size": node.size, "offset": node.offset, "count": node.count,
-                    "value": read(node.offset, node.size).hex()}
+            return {
+                "type": node.type,
+                "size": node.size,
+                "offset": node.offset,
+                "count": node.count,
+                "value": read(node.offset, node.size).hex(),
+            }
         return [to_plain(node.element(i), read, depth - 1, array_limit) for i in range(node.count)]
     if depth <= 0:
         return {"type": node.type, "size": node.size, "offset": node.offset}

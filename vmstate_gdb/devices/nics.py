@@ -63,8 +63,12 @@ class Nic:
         return self.device.model
 
     def describe(self) -> dict:
-        return {"name": self.name, "model": self.model, "mac": format_mac(self.mac),
-                "copies": [c.path for c in self.copies]}
+        return {
+            "name": self.name,
+            "model": self.model,
+            "mac": format_mac(self.mac),
+            "copies": [c.path for c in self.copies],
+        }
 
 
 def find_nics(snap: Snapshot) -> list[Nic]:
@@ -136,8 +140,14 @@ def _locate(snap: Snapshot, nic: Nic) -> None:
         ee = _array(snap, p)
         if ee is not None and ee.count == 64:
             nic.copies.append(MacCopy(f"{ee.path}[0..2]", ee.offset, 6, "eeprom"))
-            nic.copies.append(MacCopy(f"{ee.path}[{EEPROM_CHECKSUM_WORD:#x}]",
-                                      ee.offset + 2 * EEPROM_CHECKSUM_WORD, 2, "checksum"))
+            nic.copies.append(
+                MacCopy(
+                    f"{ee.path}[{EEPROM_CHECKSUM_WORD:#x}]",
+                    ee.offset + 2 * EEPROM_CHECKSUM_WORD,
+                    2,
+                    "checksum",
+                )
+            )
     perm = _leaf(snap, f"{key}/core.permanent_mac")
     if perm is not None:
         nic.copies.append(MacCopy(perm.path, perm.offset, 6, "raw"))
@@ -164,7 +174,7 @@ def mac_patches(snap: Snapshot, nic: Nic, mac: bytes) -> list[tuple[int, bytes, 
             new = (old & 0xFFFF0000) | int.from_bytes(mac[4:6], "little")
             out.append((c.offset, new.to_bytes(4, "big"), c.path))
         elif c.kind == "eeprom":
-            words = b"".join(int.from_bytes(mac[i:i + 2], "little").to_bytes(2, "big") for i in (0, 2, 4))
+            words = b"".join(int.from_bytes(mac[i : i + 2], "little").to_bytes(2, "big") for i in (0, 2, 4))
             out.append((c.offset, words, c.path))
             eeprom_base[c.path.split("[")[0]] = c.offset
         elif c.kind == "checksum":
@@ -174,7 +184,11 @@ def mac_patches(snap: Snapshot, nic: Nic, mac: bytes) -> list[tuple[int, bytes, 
             words = bytearray(rd(base, 128))
             for off, data, _ in out:  # the MAC words just patched
                 if base <= off < base + 128:
-                    words[off - base:off - base + len(data)] = data
-            total = sum(int.from_bytes(words[2 * i:2 * i + 2], "big") for i in range(64) if i != EEPROM_CHECKSUM_WORD)
+                    words[off - base : off - base + len(data)] = data
+            total = sum(
+                int.from_bytes(words[2 * i : 2 * i + 2], "big")
+                for i in range(64)
+                if i != EEPROM_CHECKSUM_WORD
+            )
             out.append((c.offset, ((EEPROM_SUM - total) & 0xFFFF).to_bytes(2, "big"), c.path))
     return out

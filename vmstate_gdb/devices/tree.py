@@ -55,7 +55,11 @@ class DeviceTree:
             counts[sec.idstr] = counts.get(sec.idstr, 0) + 1
         seen: dict[str, int] = {}
         for sec in index.devices:
-            key = sec.idstr if counts[sec.idstr] == 1 and sec.instance_id == 0 else f"{sec.idstr}[{sec.instance_id}]"
+            key = (
+                sec.idstr
+                if counts[sec.idstr] == 1 and sec.instance_id == 0
+                else f"{sec.idstr}[{sec.instance_id}]"
+            )
             seen[key] = seen.get(key, 0) + 1
             if seen[key] > 1:  # e.g. one legacy `slirp` section per -netdev user, all instance 0
                 key = f"{key}#{seen[key]}"
@@ -67,8 +71,15 @@ class DeviceTree:
     def _decode_section(self, sec: Section, key: str) -> Group:
         desc = sec.description
         if desc is not None and "vmsd_name" in desc:
-            group = Group(key, key, "device", sec.body_offset, sec.body_size,
-                          vmsd_name=desc["vmsd_name"], version=desc.get("version"))
+            group = Group(
+                key,
+                key,
+                "device",
+                sec.body_offset,
+                sec.body_size,
+                vmsd_name=desc["vmsd_name"],
+                version=desc.get("version"),
+            )
             end = self._vmsd(desc, group, sec.body_offset)
             if end != sec.body_end:  # the JSON lied somewhere (see stream-format.md 2.5)
                 return self._raw(sec, key)
@@ -81,7 +92,9 @@ class DeviceTree:
         return self._raw(sec, key)
 
     def _raw(self, sec: Section, key: str) -> Group:
-        group = Group(key, key, "device", sec.body_offset, sec.body_size, vmsd_name=None, version=sec.version_id)
+        group = Group(
+            key, key, "device", sec.body_offset, sec.body_size, vmsd_name=None, version=sec.version_id
+        )
         group.members.append(Leaf("data", f"{key}/data", "buffer", sec.body_offset, sec.body_size))
         return group
 
@@ -91,11 +104,18 @@ class DeviceTree:
         prefix = (vmsd.get("vmsd_name") or "") + "/"
         for sub in vmsd.get("subsections", ()):
             full = sub.get("vmsd_name", "")
-            name = full[len(prefix):] if full.startswith(prefix) else full
+            name = full[len(prefix) :] if full.startswith(prefix) else full
             start = pos
             pos += 1 + 1 + len(full) + 4  # 0x05, counted name, be32 version
-            child = Group(name, f"{group.path}/{name}", "subsection", start, 0,
-                          vmsd_name=full, version=sub.get("version"))
+            child = Group(
+                name,
+                f"{group.path}/{name}",
+                "subsection",
+                start,
+                0,
+                vmsd_name=full,
+                version=sub.get("version"),
+            )
             pos = self._vmsd(sub, child, pos)
             child.size = pos - start
             group.members.append(child)
@@ -109,8 +129,16 @@ class DeviceTree:
         count = int(f.get("array_len", 1))
         path = f"{group.path}/{name}"
         if "array_len" in f:
-            node = Array(name, path, f["type"] + "[]", pos, size * count, count=count, element_size=size,
-                         make_element=lambda i, p, off, f=f: self._element(f, f"[{i}]", p, off))
+            node = Array(
+                name,
+                path,
+                f["type"] + "[]",
+                pos,
+                size * count,
+                count=count,
+                element_size=size,
+                make_element=lambda i, p, off, f=f: self._element(f, f"[{i}]", p, off),
+            )
         else:
             node = self._element(f, name, path, pos)
         group.members.append(node)
@@ -156,8 +184,11 @@ class DeviceTree:
         for part in [p for p in rest.split("/") if p]:
             nxt = _step(node, part)
             if nxt is None:
-                names = ", ".join(c.name for c in node.children()[:12]) if not isinstance(node, Array) else (
-                    f"[0]..[{node.count - 1}]")
+                names = (
+                    ", ".join(c.name for c in node.children()[:12])
+                    if not isinstance(node, Array)
+                    else (f"[0]..[{node.count - 1}]")
+                )
                 raise EditError(f"{node.path} has no field {part!r} (it has: {names})")
             node = nxt
         return node

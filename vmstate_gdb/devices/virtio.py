@@ -24,7 +24,7 @@ def _msix_entries(config: bytes) -> int:
         if ptr < 0x40 or ptr + 4 > len(config):
             return 0
         if config[ptr] == PCI_CAP_ID_MSIX:
-            return (int.from_bytes(config[ptr + 2:ptr + 4], "little") & 0x7FF) + 1
+            return (int.from_bytes(config[ptr + 2 : ptr + 4], "little") & 0x7FF) + 1
         ptr = config[ptr + 1] & 0xFC
     return 0
 
@@ -46,7 +46,7 @@ def _try_layout(blob: bytes, config_size: int) -> list[tuple[str, int, int]] | N
         take("pci/version_id", 4)
         cfg_at = take("pci/config", config_size)
         take("pci/irq_state", 16)
-        n = _msix_entries(blob[cfg_at:cfg_at + config_size])
+        n = _msix_entries(blob[cfg_at : cfg_at + config_size])
         if n:
             take("msix_table", 16 * n)
             take("msix_pba", (n + 7) // 8)
@@ -56,12 +56,12 @@ def _try_layout(blob: bytes, config_size: int) -> list[tuple[str, int, int]] | N
         take("queue_sel", 2)
         take("guest_features_lo", 4)
         at = take("config_len", 4)
-        config_len = int.from_bytes(blob[at:at + 4], "big")
+        config_len = int.from_bytes(blob[at : at + 4], "big")
         if config_len > 4096:
             return None
         take("config", config_len)
         at = take("num_queues", 4)
-        nq = int.from_bytes(blob[at:at + 4], "big")
+        nq = int.from_bytes(blob[at : at + 4], "big")
         if nq > _MAX_QUEUES:
             return None
         for i in range(nq):
@@ -94,8 +94,8 @@ def decode_virtio(f: dict, path: str, pos: int, read: Callable[[int, int], bytes
             if dev_size < 6:
                 layout = None
                 continue
-            mac = blob[dev_off:dev_off + 6]
-            cached = blob[cfg_off:cfg_off + 6] if cfg_size >= 6 else b""
+            mac = blob[dev_off : dev_off + 6]
+            cached = blob[cfg_off : cfg_off + 6] if cfg_size >= 6 else b""
             if cached and any(cached) and cached != mac:
                 layout = None
                 continue
@@ -114,8 +114,16 @@ def decode_virtio(f: dict, path: str, pos: int, read: Callable[[int, int], bytes
             groups[prefix] = g
         return groups[prefix]
 
-    ints = {"pci/version_id", "config_vector", "status", "isr", "queue_sel", "guest_features_lo",
-            "config_len", "num_queues"}
+    ints = {
+        "pci/version_id",
+        "config_vector",
+        "status",
+        "isr",
+        "queue_sel",
+        "guest_features_lo",
+        "config_len",
+        "num_queues",
+    }
     for part, off, psize in layout:
         prefix, _, leaf = part.rpartition("/")
         parent = group_for(prefix)
@@ -124,8 +132,14 @@ def decode_virtio(f: dict, path: str, pos: int, read: Callable[[int, int], bytes
         parent.size = pos + off + psize - parent.offset
         absolute = pos + off
         if part in ("config", "device") and is_net and psize >= 6:
-            g = Group(leaf, f"{parent.path}/{leaf}", "struct", absolute, psize,
-                      vmsd_name="virtio-net-device" if part == "device" else "virtio_net_config")
+            g = Group(
+                leaf,
+                f"{parent.path}/{leaf}",
+                "struct",
+                absolute,
+                psize,
+                vmsd_name="virtio-net-device" if part == "device" else "virtio_net_config",
+            )
             g.members.append(Leaf("mac", f"{g.path}/mac", "buffer", absolute, 6))
             if psize > 6:
                 g.members.append(Leaf("rest", f"{g.path}/rest", "buffer", absolute + 6, psize - 6))

@@ -28,7 +28,9 @@ class MachineLayout:
     notes: list[str]
 
 
-def layout_for(machine_type: str, blocks: dict[str, int], max_ram_below_4g: int | None = None) -> MachineLayout:
+def layout_for(
+    machine_type: str, blocks: dict[str, int], max_ram_below_4g: int | None = None
+) -> MachineLayout:
     from .x86_pc import pc_layout
 
     return pc_layout(machine_type, blocks, max_ram_below_4g)

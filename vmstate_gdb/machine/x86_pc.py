@@ -32,7 +32,9 @@ def _gigabyte_align(machine_type: str) -> bool:
     return True
 
 
-def pc_layout(machine_type: str, blocks: dict[str, int], max_ram_below_4g: int | None = None) -> MachineLayout:
+def pc_layout(
+    machine_type: str, blocks: dict[str, int], max_ram_below_4g: int | None = None
+) -> MachineLayout:
     ranges: list[PhysicalRange] = []
     notes: list[str] = []
     ram_size = blocks.get("pc.ram", 0)

@@ -30,7 +30,9 @@ class Cursor:
 
     def need(self, n: int, what: str) -> None:
         if self.pos + n > self.size:
-            raise self.fail(f"truncated: {what} needs {n} bytes, the stream ends at {self.size + self.origin:#x}")
+            raise self.fail(
+                f"truncated: {what} needs {n} bytes, the stream ends at {self.size + self.origin:#x}"
+            )
 
     def u8(self, what: str = "byte") -> int:
         self.need(1, what)

@@ -80,9 +80,14 @@ class StreamIndex:
         return None
 
 
-def index_stream(buf, path: str, origin: int = 0, channel_base: int = 0,
-                 progress: Progress | None = None,
-                 release: Callable[[int, int], None] | None = None) -> StreamIndex:
+def index_stream(
+    buf,
+    path: str,
+    origin: int = 0,
+    channel_base: int = 0,
+    progress: Progress | None = None,
+    release: Callable[[int, int], None] | None = None,
+) -> StreamIndex:
     """Index the stream held in ``buf`` (a memoryview or a sliceable container view).
 
     ``origin`` is added to offsets in error messages (file offset of stream byte 0);
@@ -98,8 +103,13 @@ def index_stream(buf, path: str, origin: int = 0, channel_base: int = 0,
 
 
 class _Walker:
-    def __init__(self, cur: Cursor, channel_base: int, progress: Progress | None,
-                 release: Callable[[int, int], None] | None):
+    def __init__(
+        self,
+        cur: Cursor,
+        channel_base: int,
+        progress: Progress | None,
+        release: Callable[[int, int], None] | None,
+    ):
         self.cur = cur
         self.channel_base = channel_base
         self.progress = progress
@@ -122,7 +132,9 @@ class _Walker:
         if magic != C.QEMU_VM_FILE_MAGIC:
             raise cur.fail(f"not a QEMU migration stream: starts with {bytes(cur.buf[0:8])!r}", 0)
         if version == C.QEMU_VM_FILE_VERSION_COMPAT:
-            raise UnsupportedError("stream format version 2 is obsolete (QEMU < 1.3)", cur.path, 4 + cur.origin)
+            raise UnsupportedError(
+                "stream format version 2 is obsolete (QEMU < 1.3)", cur.path, 4 + cur.origin
+            )
         if version != C.QEMU_VM_FILE_VERSION:
             raise cur.fail(f"stream format version {version} is not 3", 4)
 
@@ -132,17 +144,32 @@ class _Walker:
         machine, caps, conf_off, page_bits = self._configuration()
         if page_bits is not None:
             page_size = 1 << page_bits
-        ram = RamState(page_size=page_size, mapped_ram="mapped-ram" in caps,
-                       ignore_shared="x-ignore-shared" in caps, checkpoint=self.checkpoint)
-        idx = StreamIndex(cur.path, cur.size, machine, conf_off, cur.pos, caps, page_size, ram,
-                          vmdesc_offset=vmdesc_offset, vmdesc=vmdesc)
+        ram = RamState(
+            page_size=page_size,
+            mapped_ram="mapped-ram" in caps,
+            ignore_shared="x-ignore-shared" in caps,
+            checkpoint=self.checkpoint,
+        )
+        idx = StreamIndex(
+            cur.path,
+            cur.size,
+            machine,
+            conf_off,
+            cur.pos,
+            caps,
+            page_size,
+            ram,
+            vmdesc_offset=vmdesc_offset,
+            vmdesc=vmdesc,
+        )
         if vmdesc is None:
             idx.warnings.append("no VMDESCRIPTION trailer: device sections are listed as raw bytes")
         self._sections(idx, device_entries(vmdesc))
         trailing = cur.size - idx.eof_offset - 1
         if trailing and vmdesc_offset is None:
-            idx.warnings.append(f"{trailing} bytes after EOF are not a complete VMDESCRIPTION (truncated?); "
-                                "QEMU ignores them")
+            idx.warnings.append(
+                f"{trailing} bytes after EOF are not a complete VMDESCRIPTION (truncated?); QEMU ignores them"
+            )
         return idx
 
     def _configuration(self) -> tuple[str, list[str], int | None, int | None]:
@@ -171,11 +198,14 @@ class _Walker:
             elif name == "configuration/uuid":
                 cur.skip(16, "uuid")
             else:
-                raise UnsupportedError(f"unknown configuration subsection {name!r}", cur.path, start + cur.origin)
+                raise UnsupportedError(
+                    f"unknown configuration subsection {name!r}", cur.path, start + cur.origin
+                )
         unsupported = {"postcopy-ram", "dirty-bitmaps", "x-colo"} & set(caps)
         if unsupported:
-            raise UnsupportedError(f"capability {sorted(unsupported)[0]} is not supported", cur.path,
-                                   conf_off + cur.origin)
+            raise UnsupportedError(
+                f"capability {sorted(unsupported)[0]} is not supported", cur.path, conf_off + cur.origin
+            )
         return machine, caps, conf_off, page_bits
 
     def _sections(self, idx: StreamIndex, descriptions: list[dict]) -> None:
@@ -201,11 +231,15 @@ class _Walker:
                 if kind == C.QEMU_VM_SECTION_START:
                     if idstr != C.RAM_SECTION_IDSTR:
                         raise UnsupportedError(
-                            f"iterative section {idstr!r} (block migration, dirty bitmaps or vfio) is not supported",
-                            cur.path, start + cur.origin)
+                            f"iterative section {idstr!r} (block migration, dirty bitmaps or vfio) "
+                            "is not supported",
+                            cur.path,
+                            start + cur.origin,
+                        )
                     if version != C.RAM_SECTION_VERSION:
-                        raise UnsupportedError(f"RAM section version {version} (only 4 is known)",
-                                               cur.path, start + cur.origin)
+                        raise UnsupportedError(
+                            f"RAM section version {version} (only 4 is known)", cur.path, start + cur.origin
+                        )
                     parse_ram_setup(cur, idx.ram, self.channel_base)
                     sec.body_end = cur.pos
                     by_id[sid] = sec
@@ -217,8 +251,12 @@ class _Walker:
                 sid = cur.be32("section id")
                 owner = by_id.get(sid)
                 if owner is None:
-                    raise cur.fail(f"{C.SECTION_TYPE_NAMES[kind]} section for unknown section id {sid}", start)
-                sec = Section(kind, sid, owner.idstr, owner.instance_id, owner.version_id, start, cur.pos, cur.pos)
+                    raise cur.fail(
+                        f"{C.SECTION_TYPE_NAMES[kind]} section for unknown section id {sid}", start
+                    )
+                sec = Section(
+                    kind, sid, owner.idstr, owner.instance_id, owner.version_id, start, cur.pos, cur.pos
+                )
                 parse_ram_chunk(cur, idx.ram)
                 sec.body_end = cur.pos
                 self._footer(sec, idx)
@@ -229,8 +267,11 @@ class _Walker:
                 data = cur.take(length, "command data")
                 if cmd != C.MIG_CMD_SWITCHOVER_START or length != 0:
                     name = C.MIG_CMD_NAMES.get(cmd, f"unknown command {cmd}")
-                    raise UnsupportedError(f"stream command {name} (postcopy/COLO streams) is not supported",
-                                           cur.path, start + cur.origin)
+                    raise UnsupportedError(
+                        f"stream command {name} (postcopy/COLO streams) is not supported",
+                        cur.path,
+                        start + cur.origin,
+                    )
                 idx.commands.append(Command(start, cmd, data))
             else:
                 raise cur.fail(f"unknown section type {kind:#04x}", start)
@@ -249,7 +290,9 @@ class _Walker:
                     sec.body_end = end
                     cur.pos = end
                     return j + 1
-                idx.warnings.append(f"section {sec.idstr!r}: JSON sizes disagree with the stream; decoded as raw")
+                idx.warnings.append(
+                    f"section {sec.idstr!r}: JSON sizes disagree with the stream; decoded as raw"
+                )
                 break
         end = self._scan_for_footer(sec)
         sec.body_end = end
@@ -277,8 +320,11 @@ class _Walker:
                     return at
                 hit = window.find(needle, hit + 1)
             pos += chunk
-        raise cur.fail(f"section {sec.idstr!r} (instance {sec.instance_id}) has no footer: the stream is "
-                       "truncated or corrupted", sec.header_offset)
+        raise cur.fail(
+            f"section {sec.idstr!r} (instance {sec.instance_id}) has no footer: the stream is "
+            "truncated or corrupted",
+            sec.header_offset,
+        )
 
     def _valid_item_at(self, pos: int) -> bool:
         buf, size = self.cur.buf, self.cur.size
@@ -302,8 +348,9 @@ class _Walker:
             cur.u8()
             sid = cur.be32("footer section id")
             if sid != sec.section_id:
-                raise cur.fail(f"footer of section {sec.idstr!r} names section id {sid}, expected "
-                               f"{sec.section_id}", at)
+                raise cur.fail(
+                    f"footer of section {sec.idstr!r} names section id {sid}, expected {sec.section_id}", at
+                )
         elif idx.footers and sec is idx.sections[0] if idx.sections else True:
             idx.footers = False
         else:

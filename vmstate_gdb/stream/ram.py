@@ -56,7 +56,12 @@ class RamBlock:
                 zero += 1
             elif v == PAGE_ABSENT:
                 absent += 1
-        return {"pages": self.page_count, "data": self.page_count - zero - absent, "zero": zero, "absent": absent}
+        return {
+            "pages": self.page_count,
+            "data": self.page_count - zero - absent,
+            "zero": zero,
+            "absent": absent,
+        }
 
 
 @dataclass
@@ -114,7 +119,11 @@ def _parse_mapped_ram_block(cur: Cursor, block: RamBlock, channel_base: int) -> 
         raise cur.fail(f"mapped-ram page size {page_size} differs from the stream's {block.page_size}")
     npages = block.page_count
     bitmap_size = (npages + 63) // 64 * 8
-    if bitmap_offset < 0 or bitmap_offset + bitmap_size > cur.size or pages_offset + block.used_length > cur.size:
+    if (
+        bitmap_offset < 0
+        or bitmap_offset + bitmap_size > cur.size
+        or pages_offset + block.used_length > cur.size
+    ):
         raise cur.fail(f"mapped-ram block {block.name!r} points past the end of the stream", header_offset)
     block.mapped_ram = MappedRamHeader(header_offset, page_size, bitmap_offset, pages_offset)
     bitmap = int.from_bytes(cur.buf[bitmap_offset : bitmap_offset + bitmap_size], "little")
@@ -260,8 +269,8 @@ def _header_lanes(p0: int, n: int, flags: int, ps: int) -> list[bytes]:
         return [raw[j::8] for j in range(8)]
     lanes: list[bytes] = [b""] * 8
     lanes[7] = bytes([flags]) * n
-    lanes[6] = _LANE6[p0 % 16:p0 % 16 + n]
-    lanes[5] = _LANE5[p0 % 4096:p0 % 4096 + n]
+    lanes[6] = _LANE6[p0 % 16 : p0 % 16 + n]
+    lanes[5] = _LANE5[p0 % 4096 : p0 % 4096 + n]
     for j in range(5):  # bits 24.. of the word: page number bits 12.., at most one carry in n <= 4096
         shift = 8 * (7 - j) - 12
         high = p0 >> shift

@@ -41,8 +41,14 @@ def check_output_path(snap: Snapshot, out: str) -> None:
         raise SaveError(f"directory {directory} does not exist", out)
 
 
-def save(snap: Snapshot, out: str, fmt: str | None = None, progress=None, snapshot_name: str | None = None,
-         qemu_img: str | None = None) -> SaveResult:
+def save(
+    snap: Snapshot,
+    out: str,
+    fmt: str | None = None,
+    progress=None,
+    snapshot_name: str | None = None,
+    qemu_img: str | None = None,
+) -> SaveResult:
     """Write ``snap`` with its edits to ``out``: same kind as the input unless ``fmt`` says
     "stream" (a standalone migration stream) or "qcow2"."""
     check_output_path(snap, out)
@@ -72,9 +78,17 @@ def _save_stream(snap: Snapshot, plan: Plan, out: str, progress, keep_prefix: bo
         with open(_backing_file(snap), "rb") as src, AtomicOutput(out) as dst:
             if snap.source.view() is not None:
                 base = source.file_offset(0)
-                size = write_stream(src.fileno(), lambda off: base + off, stream_size,
-                                    base if keep_prefix else 0, plan.patches, plan.insert_at, plan.inserted,
-                                    dst, progress)
+                size = write_stream(
+                    src.fileno(),
+                    lambda off: base + off,
+                    stream_size,
+                    base if keep_prefix else 0,
+                    plan.patches,
+                    plan.insert_at,
+                    plan.inserted,
+                    dst,
+                    progress,
+                )
                 if not keep_prefix and base:
                     pass
             else:
@@ -93,9 +107,11 @@ def _backing_file(snap: Snapshot) -> str:
 def _write_fragmented(snap: Snapshot, plan: Plan, dst, progress) -> int:
     """A qcow2 vmstate in several extents: stream it through memory in chunks."""
     source = snap.source
-    events = sorted([(o, 1, d) for o, d in plan.patches] +
-                    ([(plan.insert_at, 0, plan.inserted)] if plan.insert_at is not None else []),
-                    key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(o, 1, d) for o, d in plan.patches]
+        + ([(plan.insert_at, 0, plan.inserted)] if plan.insert_at is not None else []),
+        key=lambda e: (e[0], e[1]),
+    )
     pos = written = 0
     total = source.size + plan.size_delta
     chunk = 16 << 20

@@ -65,7 +65,7 @@ def apply_cli_edits(snap, args, out=sys.stdout) -> dict[str, str]:
         print(f"{'physical' if args.phys else 'virtual'} {address:#x}: {len(data)} bytes", file=out)
     macs: dict[str, str] = {}
     for item in args.mac or ():
-        nic_name, new_text = (item.rsplit("=", 1) if "=" in item else (None, item))
+        nic_name, new_text = item.rsplit("=", 1) if "=" in item else (None, item)
         change = plan_mac_change(snap, nic_name, parse_mac(new_text), memory=args.memory)
         for line in change.describe():
             print(line, file=out)
@@ -104,8 +104,13 @@ def cmd_resume(args) -> int:
 def register(sub) -> None:
     from ..cli import _int
 
-    sp = sub.add_parser("patch", help="apply edits and write a new snapshot", description=(
-        "Apply edits to SNAP and write OUT, which QEMU resumes. Repeat options to make several edits."))
+    sp = sub.add_parser(
+        "patch",
+        help="apply edits and write a new snapshot",
+        description=(
+            "Apply edits to SNAP and write OUT, which QEMU resumes. Repeat options to make several edits."
+        ),
+    )
     sp.add_argument("snap", metavar="SNAP")
     sp.add_argument("out", metavar="OUT")
     sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
@@ -117,7 +122,9 @@ def register(sub) -> None:
     sp.add_argument("--write", action="append", metavar="ADDR=HEX", help="write bytes to guest memory")
     sp.add_argument("--phys", action="store_true", help="--write addresses are guest-physical")
     sp.add_argument("--cpu", type=int, default=0, help="vCPU for --write translation and --reg")
-    sp.add_argument("--reg", action="append", metavar="[CPU:]NAME=VALUE", help="a vCPU register (rax, rip, cr3...)")
+    sp.add_argument(
+        "--reg", action="append", metavar="[CPU:]NAME=VALUE", help="a vCPU register (rax, rip, cr3...)"
+    )
     sp.add_argument("--format", choices=("stream", "qcow2"), help="output kind (default: as the input)")
     sp.add_argument("--snapshot-name", help="qcow2: rename the edited snapshot (same length)")
     sp.add_argument("-q", "--quiet", action="store_true")

@@ -54,8 +54,15 @@ class AtomicOutput:
         return False
 
 
-def copy_range(src_fd: int, dst, src_offset: int, length: int, progress: Progress | None = None,
-               done: int = 0, total: int = 0) -> None:
+def copy_range(
+    src_fd: int,
+    dst,
+    src_offset: int,
+    length: int,
+    progress: Progress | None = None,
+    done: int = 0,
+    total: int = 0,
+) -> None:
     """Copy file bytes [src_offset, +length) to the current end of ``dst`` (in-kernel when possible)."""
     dst.flush()
     dst_fd = dst.fileno()
@@ -81,9 +88,17 @@ def copy_range(src_fd: int, dst, src_offset: int, length: int, progress: Progres
     os.lseek(dst_fd, out_pos, os.SEEK_SET)
 
 
-def write_stream(src_fd: int, stream_to_file: Callable[[int], int], stream_size: int, prefix_end: int,
-                 patches: list[tuple[int, bytes]], insert_at: int | None, inserted: bytes, dst,
-                 progress: Progress | None = None) -> int:
+def write_stream(
+    src_fd: int,
+    stream_to_file: Callable[[int], int],
+    stream_size: int,
+    prefix_end: int,
+    patches: list[tuple[int, bytes]],
+    insert_at: int | None,
+    inserted: bytes,
+    dst,
+    progress: Progress | None = None,
+) -> int:
     """Write [file prefix][stream with patches and one insertion]; returns bytes written.
 
     ``stream_to_file`` maps stream offsets to file offsets of the source (contiguous sources only;

@@ -19,8 +19,14 @@ def write_output_meta(snap, result, mac_changes: dict[str, str]) -> None:
         # chain edits: a MAC changed twice maps the first command line's value to the newest one
         first = next((k for k, v in macs.items() if v == old), old)
         macs[first] = new
-    meta.update(path=result.path, format=result.format, mac_changes=macs, edited_from=snap.path,
-                edited_at=time.time(), edits=result.plan.describe())
+    meta.update(
+        path=result.path,
+        format=result.format,
+        mac_changes=macs,
+        edited_from=snap.path,
+        edited_at=time.time(),
+        edits=result.plan.describe(),
+    )
     if result.snapshot_name:
         meta["tag"] = result.snapshot_name
     meta.setdefault("machine_type", snap.index.machine_type)
@@ -30,6 +36,17 @@ def write_output_meta(snap, result, mac_changes: dict[str, str]) -> None:
 def describe_resume(path: str, kind: str, tag: str | None) -> str:
     meta = load_meta(path) or {}
     mapped = meta.get("method") == "mapped-ram"
-    argv = resume_argv(meta, path, kind, tag or meta.get("tag"), meta.get("mac_changes"),
-                       meta.get("original_image"), mapped) if meta else None
+    argv = (
+        resume_argv(
+            meta,
+            path,
+            kind,
+            tag or meta.get("tag"),
+            meta.get("mac_changes"),
+            meta.get("original_image"),
+            mapped,
+        )
+        if meta
+        else None
+    )
     return resume_text(argv, kind, mapped, path)

@@ -32,10 +32,14 @@ class Plan:
         parts = []
         pages = self.pages_in_place + self.pages_added
         if pages:
-            parts.append(f"{pages} page{'s' if pages != 1 else ''} of memory"
-                         f"{f' ({self.pages_added} as new records)' if self.pages_added else ''}")
+            parts.append(
+                f"{pages} page{'s' if pages != 1 else ''} of memory"
+                f"{f' ({self.pages_added} as new records)' if self.pages_added else ''}"
+            )
         if self.fields:
-            parts.append(f"{len(self.fields)} field{'s' if len(self.fields) != 1 else ''} of device/vCPU state")
+            parts.append(
+                f"{len(self.fields)} field{'s' if len(self.fields) != 1 else ''} of device/vCPU state"
+            )
         return ", ".join(parts) or "no edits"
 
 
@@ -82,7 +86,7 @@ def _page_from_file(snap: Snapshot, block, page: int) -> bytes:
     loc = block.pages[page]
     if loc in (PAGE_ZERO, PAGE_ABSENT):
         return bytes(block.page_size)
-    return bytes(snap.buf[loc:loc + block.page_size])
+    return bytes(snap.buf[loc : loc + block.page_size])
 
 
 def merge_patches(patches: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
@@ -98,7 +102,7 @@ def merge_patches(patches: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         start = min(p[0] for _, p in group)
         buf = bytearray(group_end - start)
         for _, (off, data) in sorted(group, key=lambda t: t[0]):
-            buf[off - start:off - start + len(data)] = data
+            buf[off - start : off - start + len(data)] = data
         out.append((start, bytes(buf)))
 
     for order, (off, data) in items:

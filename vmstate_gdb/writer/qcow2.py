@@ -45,8 +45,9 @@ class _ImageWriter:
         block_bits = img.cluster_bits + 3 - img.refcount_order
         t_idx, b_idx = cluster >> block_bits, cluster & ((1 << block_bits) - 1)
         if t_idx >= img.refcount_table_clusters * self.cs // 8:
-            raise UnsupportedError("the qcow2 refcount table is full; save with --format stream instead",
-                                   self.out)
+            raise UnsupportedError(
+                "the qcow2 refcount table is full; save with --format stream instead", self.out
+            )
         t_off = img.refcount_table_offset + 8 * t_idx
         block = self._u64(t_off) & REFT_OFFSET_MASK
         if block == 0:
@@ -94,27 +95,39 @@ class _ImageWriter:
     def check_owned(self, host: int, what: str) -> None:
         rc = self.refcount(host // self.cs)
         if rc != 1:
-            raise UnsupportedError(f"{what} at {host:#x} has refcount {rc}: it is shared, and writing it would "
-                                   "change another snapshot; save with --format stream instead", self.img.path)
+            raise UnsupportedError(
+                f"{what} at {host:#x} has refcount {rc}: it is shared, and writing it would "
+                "change another snapshot; save with --format stream instead",
+                self.img.path,
+            )
 
 
-def save_qcow2(snap: Snapshot, plan: Plan, out: str, new_name: str | None, progress,
-               qemu_img: str | None = None) -> tuple[str, int]:
+def save_qcow2(
+    snap: Snapshot, plan: Plan, out: str, new_name: str | None, progress, qemu_img: str | None = None
+) -> tuple[str, int]:
     source = snap.source
     image: Qcow2Image = source.image  # type: ignore[attr-defined]
     info = source.snapshot  # type: ignore[attr-defined]
     if image.dirty:
-        raise UnsupportedError("the qcow2 image is marked dirty (open in QEMU, or QEMU was killed): its "
-                               "refcounts cannot be trusted; close QEMU or run 'qemu-img check -r all' first",
-                               snap.path, 72)
+        raise UnsupportedError(
+            "the qcow2 image is marked dirty (open in QEMU, or QEMU was killed): its "
+            "refcounts cannot be trusted; close QEMU or run 'qemu-img check -r all' first",
+            snap.path,
+            72,
+        )
     if image.extended_l2 and plan.size_delta:
-        raise UnsupportedError("growing a vmstate in an extended-L2 qcow2 image is not supported; save with "
-                               "--format stream instead", snap.path, 72)
+        raise UnsupportedError(
+            "growing a vmstate in an extended-L2 qcow2 image is not supported; save with "
+            "--format stream instead",
+            snap.path,
+            72,
+        )
     if new_name is not None and len(new_name.encode()) != len(info.name.encode()):
         raise SaveError("renaming the snapshot is only possible to a name of the same length", out)
     stream_size = source.size + plan.size_delta
-    first_change = min([o for o, _ in plan.patches] + ([plan.insert_at] if plan.insert_at is not None else []),
-                       default=None)
+    first_change = min(
+        [o for o, _ in plan.patches] + ([plan.insert_at] if plan.insert_at is not None else []), default=None
+    )
     out_dir = os.path.dirname(os.path.abspath(out))
     total = os.path.getsize(snap.path)
     with open(snap.path, "rb") as src, AtomicOutput(out) as dst:
@@ -129,8 +142,9 @@ def save_qcow2(snap: Snapshot, plan: Plan, out: str, new_name: str | None, progr
 
                 _write_fragmented(snap, plan, tmp, None)
                 tmp.flush()
-                _rewrite_vmstate(w, image, info, image.vm_state_offset(info), tmp.fileno(), first_change,
-                                 stream_size)
+                _rewrite_vmstate(
+                    w, image, info, image.vm_state_offset(info), tmp.fileno(), first_change, stream_size
+                )
         if stream_size != info.vm_state_size:
             _set_vm_state_size(w, info, stream_size)
         if new_name is not None:
@@ -142,8 +156,9 @@ def save_qcow2(snap: Snapshot, plan: Plan, out: str, new_name: str | None, progr
     return new_name or info.name, size
 
 
-def _rewrite_vmstate(w: _ImageWriter, image: Qcow2Image, info, base: int, new_fd: int, start: int,
-                     size: int) -> None:
+def _rewrite_vmstate(
+    w: _ImageWriter, image: Qcow2Image, info, base: int, new_fd: int, start: int, size: int
+) -> None:
     cs = w.cs
     l2_mask = (1 << image.l2_bits) - 1
     l1_shift = image.cluster_bits + image.l2_bits
@@ -155,13 +170,17 @@ def _rewrite_vmstate(w: _ImageWriter, image: Qcow2Image, info, base: int, new_fd
         n = min(cs - within, size - pos)
         l1_idx = vpos >> l1_shift
         if l1_idx >= info.l1_size:
-            raise UnsupportedError("the grown vmstate needs a larger L1 table; save with --format stream",
-                                   image.path, info.entry_offset)
+            raise UnsupportedError(
+                "the grown vmstate needs a larger L1 table; save with --format stream",
+                image.path,
+                info.entry_offset,
+            )
         l1e_at = info.l1_table_offset + 8 * l1_idx
         l2 = w._u64(l1e_at) & OFFSET_MASK
         if l2 == 0:
-            raise UnsupportedError("the grown vmstate crosses into a new L2 table; save with --format stream",
-                                   image.path, l1e_at)
+            raise UnsupportedError(
+                "the grown vmstate crosses into a new L2 table; save with --format stream", image.path, l1e_at
+            )
         if l2 not in checked_l2:
             w.check_owned(l2, "the vmstate L2 table")
             checked_l2.add(l2)

@@ -12,8 +12,24 @@ from ...errors import FormatError
 
 CPU_MAIN_BODY_SIZE = 1817
 SEGMENT_ORDER = ("es", "cs", "ss", "ds", "fs", "gs")  # QEMU R_ES..R_GS
-GPR_ORDER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # QEMU R_EAX..R_R15
+GPR_ORDER = (
+    "rax",
+    "rcx",
+    "rdx",
+    "rbx",
+    "rsp",
+    "rbp",
+    "rsi",
+    "rdi",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+)  # QEMU R_EAX..R_R15
 
 
 def _layout() -> dict[str, tuple[int, int]]:
@@ -21,8 +37,15 @@ def _layout() -> dict[str, tuple[int, int]]:
     t: dict[str, tuple[int, int]] = {}
     for i, name in enumerate(GPR_ORDER):
         t[name] = (8 * i, 8)
-    t.update(rip=(128, 8), eflags=(136, 8), hflags=(144, 4), fpuc=(148, 2), fpus=(150, 2), fptag=(152, 2),
-             fpregs_format=(154, 2))
+    t.update(
+        rip=(128, 8),
+        eflags=(136, 8),
+        hflags=(144, 4),
+        fpuc=(148, 2),
+        fpus=(150, 2),
+        fptag=(152, 2),
+        fpregs_format=(154, 2),
+    )
     for i in range(8):
         t[f"fpr{i}.mant"] = (156 + 10 * i, 8)
         t[f"fpr{i}.exp"] = (164 + 10 * i, 2)
@@ -32,17 +55,36 @@ def _layout() -> dict[str, tuple[int, int]]:
         t[f"{seg}.base"] = (base + 4, 8)
         t[f"{seg}.limit"] = (base + 12, 4)
         t[f"{seg}.flags"] = (base + 16, 4)
-    t.update(sysenter_cs=(436, 4), sysenter_esp=(440, 8), sysenter_eip=(448, 8),
-             cr0=(456, 8), cr2=(464, 8), cr3=(472, 8), cr4=(480, 8))
+    t.update(
+        sysenter_cs=(436, 4),
+        sysenter_esp=(440, 8),
+        sysenter_eip=(448, 8),
+        cr0=(456, 8),
+        cr2=(464, 8),
+        cr3=(472, 8),
+        cr4=(480, 8),
+    )
     for i in range(8):
         t[f"dr{i}"] = (488 + 8 * i, 8)
     t.update(a20_mask=(552, 4), mxcsr=(556, 4))
     for i in range(16):
         t[f"xmm{i}.lo"] = (560 + 16 * i, 8)
         t[f"xmm{i}.hi"] = (568 + 16 * i, 8)
-    t.update(efer=(816, 8), star=(824, 8), lstar=(832, 8), cstar=(840, 8), fmask=(848, 8),
-             kernel_gs_base=(856, 8), smbase=(864, 4), pat=(868, 8), hflags2=(876, 4),
-             tsc=(1157, 8), tsc_aux=(1521, 8), xcr0=(1545, 8), xstate_bv=(1553, 8))
+    t.update(
+        efer=(816, 8),
+        star=(824, 8),
+        lstar=(832, 8),
+        cstar=(840, 8),
+        fmask=(848, 8),
+        kernel_gs_base=(856, 8),
+        smbase=(864, 4),
+        pat=(868, 8),
+        hflags2=(876, 4),
+        tsc=(1157, 8),
+        tsc_aux=(1521, 8),
+        xcr0=(1545, 8),
+        xstate_bv=(1553, 8),
+    )
     for i in range(16):
         t[f"ymmh{i}.lo"] = (1561 + 16 * i, 8)
         t[f"ymmh{i}.hi"] = (1569 + 16 * i, 8)
@@ -136,10 +178,13 @@ class X86Cpu:
 
 def decode_cpu(index: int, body: bytes, body_offset: int, path: str = "") -> X86Cpu:
     if len(body) < CPU_MAIN_BODY_SIZE:
-        raise FormatError(f"cpu section {index} has {len(body)} bytes, fewer than the {CPU_MAIN_BODY_SIZE} "
-                          "of an x86_64 vCPU (is this a qemu-system-i386 or non-x86 stream?)", path or None,
-                          body_offset)
-    values = {name: int.from_bytes(body[off:off + size], "big") for name, (off, size) in CPU_FIELDS.items()}
+        raise FormatError(
+            f"cpu section {index} has {len(body)} bytes, fewer than the {CPU_MAIN_BODY_SIZE} "
+            "of an x86_64 vCPU (is this a qemu-system-i386 or non-x86 stream?)",
+            path or None,
+            body_offset,
+        )
+    values = {name: int.from_bytes(body[off : off + size], "big") for name, (off, size) in CPU_FIELDS.items()}
     return X86Cpu(index, body_offset, values)
 
 
@@ -151,15 +196,29 @@ def compute_hflags(values: dict[str, int], old_hflags: int) -> int:
     """
     # HF_* bit positions (target/i386/cpu.h)
     CPL_MASK = 3
-    INHIBIT_IRQ = 1 << 3
     CS32, SS32, ADDSEG = 1 << 4, 1 << 5, 1 << 6
     PE, TF, MP, EM, TS = 1 << 7, 1 << 8, 1 << 9, 1 << 10, 1 << 11
     IOPL_SHIFT = 12
     LMA, CS64 = 1 << 14, 1 << 15
     RF, VM, AC, SMM = 1 << 16, 1 << 17, 1 << 18, 1 << 19  # noqa: F841 (kept for reference)
     OSFXSR = 1 << 22
-    derived = CPL_MASK | CS32 | SS32 | ADDSEG | PE | TF | MP | EM | TS | (3 << IOPL_SHIFT) | LMA | CS64 | VM | AC \
+    derived = (
+        CPL_MASK
+        | CS32
+        | SS32
+        | ADDSEG
+        | PE
+        | TF
+        | MP
+        | EM
+        | TS
+        | (3 << IOPL_SHIFT)
+        | LMA
+        | CS64
+        | VM
+        | AC
         | OSFXSR
+    )
     cr0, cr4, efer, eflags = values["cr0"], values["cr4"], values["efer"], values["eflags"]
     h = old_hflags & ~derived & 0xFFFFFFFF
     h |= values["ss.flags"] >> 13 & 3  # CPL = SS.DPL

@@ -31,7 +31,9 @@ def disassemble(code: bytes, address: int, bits: int, count: int = 1) -> list[In
     md = capstone.Cs(capstone.CS_ARCH_X86, _MODES[bits])
     out = []
     for insn in md.disasm(code, address):
-        out.append(Instruction(insn.address, insn.size, f"{insn.mnemonic} {insn.op_str}".strip(), bytes(insn.bytes)))
+        out.append(
+            Instruction(insn.address, insn.size, f"{insn.mnemonic} {insn.op_str}".strip(), bytes(insn.bytes))
+        )
         if len(out) >= count:
             break
     return out

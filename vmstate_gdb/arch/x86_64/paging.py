@@ -52,12 +52,16 @@ class PageWalker:
         try:
             return int.from_bytes(self.read(address, width), "little")
         except AddressError as e:
-            raise AddressError(f"page-table entry at physical {address:#x} is not in guest RAM", e.address) from e
+            raise AddressError(
+                f"page-table entry at physical {address:#x} is not in guest RAM", e.address
+            ) from e
 
     def translate(self, vaddr: int) -> Translation:
         mode = self.mode
         if mode == "none":
-            return Translation(vaddr, vaddr & 0xFFFFFFFF if not self.cpu["cr0"] & CR0_PG else vaddr, 1 << 12, [])
+            return Translation(
+                vaddr, vaddr & 0xFFFFFFFF if not self.cpu["cr0"] & CR0_PG else vaddr, 1 << 12, []
+            )
         if mode == "32-bit":
             return self._walk32(vaddr & 0xFFFFFFFF)
         if mode == "pae":
@@ -65,8 +69,11 @@ class PageWalker:
         return self._walk_long(vaddr, 5 if mode == "5-level" else 4)
 
     def _fail(self, vaddr: int, level: str, steps: list[WalkStep], why: str = "not present") -> AddressError:
-        e = AddressError(f"virtual address {vaddr:#x} is not mapped: {level} entry {why} "
-                         f"(cr3={self.cr3:#x}, {self.mode} paging)", vaddr)
+        e = AddressError(
+            f"virtual address {vaddr:#x} is not mapped: {level} entry {why} "
+            f"(cr3={self.cr3:#x}, {self.mode} paging)",
+            vaddr,
+        )
         e.steps = steps  # type: ignore[attr-defined]
         return e
 
@@ -74,8 +81,10 @@ class PageWalker:
         bits = 57 if levels == 5 else 48
         top = vaddr >> (bits - 1)
         if top not in (0, (1 << (64 - bits + 1)) - 1):
-            raise AddressError(f"virtual address {vaddr:#x} is not canonical for {levels}-level paging", vaddr)
-        names = ["PML5", "PML4", "PDPT", "PD", "PT"][5 - levels:]
+            raise AddressError(
+                f"virtual address {vaddr:#x} is not canonical for {levels}-level paging", vaddr
+            )
+        names = ["PML5", "PML4", "PDPT", "PD", "PT"][5 - levels :]
         table = self.cr3 & ADDR_MASK
         steps: list[WalkStep] = []
         writable = user = True
@@ -155,7 +164,7 @@ class PageWalker:
             except AddressError:
                 return
             for i in range(512):
-                entry = int.from_bytes(raw[8 * i:8 * i + 8], "little")
+                entry = int.from_bytes(raw[8 * i : 8 * i + 8], "little")
                 if not entry & PRESENT:
                     continue
                 va = vbase | (i << shift)
