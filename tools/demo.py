@@ -68,7 +68,7 @@ def main() -> int:
         print(t.line)
     ok = ticks[0].n > meta.last_tick.n and all(t.sw_mac == args.mac == t.hw_mac for t in ticks)
     verdict = "OK" if ok else "FAILED"
-    say(f"the VM continued from TICK {meta.last_tick.n} with MAC {args.mac} in the NIC and in memory: {verdict}")
+    say(f"the VM went on from TICK {meta.last_tick.n}, MAC {args.mac} in the NIC and in memory: {verdict}")
     return 0 if ok else 1
 
 
