@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...errors import AddressError
-from .cpu import CR0_PG, CR4_PSE, X86Cpu
+from .cpu import CR4_PSE, X86Cpu
 
 ReadPhysical = Callable[[int, int], bytes]
 ADDR_MASK = 0x000FFFFFFFFFF000  # bits 12..51
@@ -59,9 +59,9 @@ class PageWalker:
     def translate(self, vaddr: int) -> Translation:
         mode = self.mode
         if mode == "none":
-            return Translation(
-                vaddr, vaddr & 0xFFFFFFFF if not self.cpu["cr0"] & CR0_PG else vaddr, 1 << 12, []
-            )
+            # As QEMU's debug accessors do: without paging a linear address is the physical one
+            # (no 32-bit wrap), so a wild address is "not guest RAM", not a read of page 0.
+            return Translation(vaddr, vaddr, 1 << 12, [])
         if mode == "32-bit":
             return self._walk32(vaddr & 0xFFFFFFFF)
         if mode == "pae":
