@@ -23,7 +23,7 @@ SMALL = [
     "small-pc-e1000-qemu10-mapped",
     "small-q35-virtio-qemu10-savevm",
 ]
-ALL = SMALL + ["small-pc-bigmem", "linux-pc-3nic", "linux-q35-3nic-qemu10"]
+ALL = SMALL + ["small-pc-bigmem", "small-q35-bigmem-qemu10", "linux-pc-3nic", "linux-q35-3nic-qemu10"]
 
 GPRS = [
     "RAX",
@@ -225,3 +225,51 @@ def test_real_stream_corruption_is_one_clear_error(snapshot, tmp_path):
                 Snapshot.open(str(bad)).close()
             except VmstateError as e:
                 assert str(bad) in str(e) and "\n" not in str(e)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_derived_hflags_equal_qemus(snapshot, name):
+    """Our hflags derivation (used when cr0/cr4/efer/segments are edited) reproduces QEMU's own."""
+    from vmstate_gdb.arch.x86_64.cpu import compute_hflags
+
+    with open_snap(snapshot(name)) as snap:
+        for cpu in snap.cpus:
+            assert compute_hflags(
+                cpu.values, cpu["hflags"] ^ 0xFFF3
+            )  # scramble only derived bits == cpu["hflags"], f"cpu{cpu.index}"
+
+
+def test_stream_without_vmdesc_still_opens(snapshot, tmp_path):
+    meta = snapshot("small-q35-virtio-2cpu")
+    with open_snap(meta) as full:
+        eof = full.index.eof_offset
+        cpus = [c.values for c in full.cpus]
+        rip_path = "cpu[1]/env.eip"
+        rip = full.field_value(rip_path)
+    stripped = tmp_path / "novmdesc.vmstate"
+    stripped.write_bytes(open(meta.path, "rb").read()[: eof + 1])
+    with Snapshot.open(str(stripped)) as snap:
+        assert snap.index.vmdesc is None and snap.index.warnings
+        assert [c.values for c in snap.cpus] == cpus
+        assert snap.field_value("cpu[1]/rip") == rip  # the built-in layout names the cpu fields
+        assert snap.devices.resolve("0000:00:01.0/virtio-net/data").size > 40000  # others: raw
+        assert snap.virtual(0).read(small_symbols()["guest_mac"], 6).hex(":") == meta.config.nics[0].mac
+
+
+@pytest.mark.parametrize("name", ["small-pc-e1000", "small-pc-bigmem", "small-q35-bigmem-qemu10"])
+def test_layout_agrees_with_the_guest_and_its_markers(snapshot, name):
+    """The below/above-4G split we derive equals what the guest was told (its own globals), and the
+    markers the guest wrote at the top of low RAM and at both ends of high RAM read back in place."""
+    meta = snapshot(name)
+    syms = small_symbols()
+    with open_snap(meta) as snap:
+        vm = snap.virtual(0)
+        below = int.from_bytes(vm.read(syms["guest_ram_below_4g"], 8), "little")
+        above = int.from_bytes(vm.read(syms["guest_ram_above_4g"], 8), "little")
+        assert (snap.layout.below_4g, snap.layout.above_4g) == (below, above)
+        markers = [int.from_bytes(vm.read(syms["guest_marker_addr"] + 8 * i, 8), "little") for i in range(3)]
+        assert markers[2] == below - 4096
+        assert bool(markers[0]) == bool(above)
+        for address in filter(None, markers):
+            text = snap.physical.read(address, 64).split(b"\0")[0].decode()
+            assert text == f"VMSTATE-HIGHMEM {address:#x}", text

@@ -10,8 +10,11 @@ from collections.abc import Callable
 
 from .arch.x86_64.cpu import CPU_FIELDS, X86Cpu, compute_hflags, decode_cpu
 from .containers import StreamSource, open_source
+from .devices import (
+    cpu_layout,  # noqa: F401  (registers the x86 cpu decoder for streams without JSON)
+    virtio,  # noqa: F401  (registers the virtio blob decoder)
+)
 from .devices import nics as nic_knowledge
-from .devices import virtio  # noqa: F401  (registers the virtio blob decoder)
 from .devices.tree import DeviceTree
 from .edits import EditOverlay
 from .errors import EditError, FormatError, VmstateError

@@ -56,6 +56,10 @@ SCENARIOS: dict[str, Scenario] = _catalogue(
     # 3700 MiB on pc: 3 GiB below the PCI hole (pc splits at 0xc0000000 when RAM > 3.5 GiB)
     # and the rest above 4 GiB.
     Scenario("small-pc-bigmem", GuestConfig("small", "pc", 1, 3700, (Nic("e1000", MAC_E1000),))),
+    # q35 splits at 2 GiB once RAM reaches 2.75 GiB; QEMU 10 as well, so both generations are covered.
+    Scenario(
+        "small-q35-bigmem-qemu10", GuestConfig("small", "q35", 1, 3700, (Nic("e1000", MAC_E1000),), qemu="10")
+    ),
     Scenario(
         "small-q35-e1000-savevm",
         GuestConfig("small", "q35", 1, 128, (Nic("e1000", MAC_E1000),), disk_mib=64),
