@@ -3,9 +3,9 @@
 The disk clusters, the other snapshots and the snapshot's own disk state are copied as they are.
 The vmstate is rewritten from the first changed byte through the snapshot's own L2 table; when
 new PAGE records make it longer, clusters are appended to the file with refcount 1 and the
-snapshot's `vm_state_size` grows. Every cluster written must have refcount 1 (owned by that
-snapshot alone, which is how QEMU's savevm leaves it; qcow2_snapshot_create in
-block/qcow2-snapshot.c), else we refuse rather than change another snapshot.
+snapshot's `vm_state_size` grows. A cluster or L2 table that is shared (refcount > 1: after savevm
+QEMU leaves the vmstate's L2 table shared with the active image) is copied first, as qcow2's own
+copy-on-write does, so no other snapshot or the active image changes.
 """
 
 from __future__ import annotations
@@ -92,14 +92,51 @@ class _ImageWriter:
         self.set_refcount(host // self.cs, 1)
         return host
 
-    def check_owned(self, host: int, what: str) -> None:
+    def own_cluster(self, host: int) -> int:
+        """Copy-on-write, as qcow2 does: a cluster shared with the active image or another snapshot
+        is copied to a new one that only our snapshot refers to; returns where to write."""
         rc = self.refcount(host // self.cs)
-        if rc != 1:
-            raise UnsupportedError(
-                f"{what} at {host:#x} has refcount {rc}: it is shared, and writing it would "
-                "change another snapshot; save with --format stream instead",
-                self.img.path,
-            )
+        if rc <= 1:
+            return host
+        new = self.allocate()
+        os.pwrite(self.fd, os.pread(self.fd, self.cs, host), new)
+        self.set_refcount(host // self.cs, rc - 1)
+        return new
+
+    def own_l2_table(self, l1e_at: int, l2: int) -> int:
+        """An L2 table shared with the active L1 (QEMU leaves the vmstate's table shared after
+        savevm) is copied. Data-cluster refcounts already count one reference per L1 path, so
+        the copy changes none of them."""
+        if self.refcount(l2 // self.cs) <= 1:
+            return l2
+        new = self.own_cluster(l2)
+        old_flags = self._u64(l1e_at) & ~OFFSET_MASK
+        self._put64(l1e_at, new | old_flags | OFLAG_COPIED)
+        return new
+
+    def fix_copied_flags(self, l1_index: int) -> None:
+        """The active image's OFLAG_COPIED bits must say "refcount is 1" exactly; copying shared
+        clusters away can make the active image the sole owner of what it had shared."""
+        img = self.img
+        if l1_index >= img.l1_size:
+            return
+        at = img.l1_table_offset + 8 * l1_index
+        l1e = self._u64(at)
+        l2 = l1e & OFFSET_MASK
+        if not l2:
+            return
+        self._set_copied(at, l1e, self.refcount(l2 // self.cs) == 1)
+        table = os.pread(self.fd, self.cs, l2)
+        for k in range(0, self.cs, img.l2_entry_size):
+            entry = int.from_bytes(table[k : k + 8], "big")
+            host = entry & OFFSET_MASK
+            if host:
+                self._set_copied(l2 + k, entry, self.refcount(host // self.cs) == 1)
+
+    def _set_copied(self, at: int, entry: int, copied: bool) -> None:
+        new = entry | OFLAG_COPIED if copied else entry & ~OFLAG_COPIED
+        if new != entry:
+            self._put64(at, new)
 
 
 def save_qcow2(
@@ -163,7 +200,7 @@ def _rewrite_vmstate(
     l2_mask = (1 << image.l2_bits) - 1
     l1_shift = image.cluster_bits + image.l2_bits
     pos = start
-    checked_l2: set[int] = set()
+    owned_l2: set[int] = set()
     while pos < size:
         vpos = base + pos
         within = vpos & (cs - 1)
@@ -181,9 +218,9 @@ def _rewrite_vmstate(
             raise UnsupportedError(
                 "the grown vmstate crosses into a new L2 table; save with --format stream", image.path, l1e_at
             )
-        if l2 not in checked_l2:
-            w.check_owned(l2, "the vmstate L2 table")
-            checked_l2.add(l2)
+        if l2 not in owned_l2:
+            l2 = w.own_l2_table(l1e_at, l2)
+            owned_l2.add(l2)
         l2e_at = l2 + ((vpos >> image.cluster_bits) & l2_mask) * image.l2_entry_size
         l2e = w._u64(l2e_at)
         host = l2e & OFFSET_MASK
@@ -191,10 +228,15 @@ def _rewrite_vmstate(
             host = w.allocate()
             w._put64(l2e_at, host | OFLAG_COPIED)
         elif within == 0 or pos == start:
-            w.check_owned(host, "a vmstate cluster")
+            owned = w.own_cluster(host)
+            if owned != host:
+                w._put64(l2e_at, owned | (l2e & ~OFFSET_MASK) | OFLAG_COPIED)
+                host = owned
         data = os.pread(new_fd, n, pos)
         os.pwrite(w.fd, data, host + within)
         pos += n
+    for l1_index in range(base >> l1_shift, ((base + size - 1) >> l1_shift) + 1):
+        w.fix_copied_flags(l1_index)
 
 
 def _set_vm_state_size(w: _ImageWriter, info, size: int) -> None:
