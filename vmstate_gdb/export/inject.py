@@ -29,28 +29,7 @@ from .elfcore import (
 
 PAGE = 4096
 # user_regs_struct names whose change is applied to the vCPU (selectors and orig_rax are not).
-_INJECTED_REGS = {
-    "r15",
-    "r14",
-    "r13",
-    "r12",
-    "rbp",
-    "rbx",
-    "r11",
-    "r10",
-    "r9",
-    "r8",
-    "rax",
-    "rcx",
-    "rdx",
-    "rsi",
-    "rdi",
-    "rip",
-    "eflags",
-    "rsp",
-    "fs_base",
-    "gs_base",
-}
+_INJECTED_REGS = set(USER_REGS) - {"orig_rax", "cs", "ss", "ds", "es", "fs", "gs"}
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..arch.x86_64.cpu import X86Cpu
 from ..errors import VmstateError
-from .registers import is_64bit_code
+from .registers import GDB_GPRS, is_64bit_code
 
 if TYPE_CHECKING:
     from .server import SnapshotServer
@@ -104,24 +104,7 @@ def format_registers(cpu: X86Cpu) -> str:
     v = cpu.values
     lines = []
     if wide:
-        names = (
-            "rax",
-            "rbx",
-            "rcx",
-            "rdx",
-            "rsi",
-            "rdi",
-            "rbp",
-            "rsp",
-            "r8",
-            "r9",
-            "r10",
-            "r11",
-            "r12",
-            "r13",
-            "r14",
-            "r15",
-        )
+        names = GDB_GPRS  # QEMU prints them in the same order as its gdbstub
         for row in range(4):
             lines.append(" ".join(f"{n.upper():<3}={v[n]:016x}" for n in names[4 * row : 4 * row + 4]))
         ip = f"RIP={v['rip']:016x} RFL={v['eflags'] & 0xFFFFFFFF:08x}"
