@@ -91,6 +91,7 @@ def test_pae_and_32bit_pse():
     w = PageWalker(cpu(cr4=0x20, efer=0), m.read)
     assert w.mode == "pae"
     assert w.translate(0xFFE00010).physical == 0x200010
+    assert [(v, p, s) for v, p, s, *_ in w.mappings()] == [(0xFFE00000, 0x200000, 2 << 20)]
     m2 = Memory()
     m2.put(0x1000 + 4 * 0x300, 0x00400000 | P | PS | (0x12 << 13), 4)  # 4 MiB page, PSE-36 high bits
     m2.put(0x1000 + 4 * 1, 0x3000 | P, 4)
@@ -99,6 +100,10 @@ def test_pae_and_32bit_pse():
     assert w.mode == "32-bit"
     assert w.translate(0xC0012345).physical == (0x12 << 32) | 0x412345
     assert w.translate(0x00402ABC).physical == 0x9ABC
+    assert [(v, p, s) for v, p, s, *_ in w.mappings()] == [
+        (0x402000, 0x9000, 4096),
+        (0xC0000000, (0x12 << 32) | 0x400000, 4 << 20),
+    ]
 
 
 def test_no_paging_is_identity_and_table_outside_ram_is_clear():

@@ -7,8 +7,10 @@ can say how it was made); :func:`render_argv` turns it into a qemu-system-x86_64
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,11 @@ GUEST_KINDS = ("small", "linux", "dummy")
 MACHINES = ("pc", "q35")
 NIC_MODELS = ("e1000", "rtl8139", "virtio-net-pci")
 QEMU_GENERATIONS = ("7.2", "10")
+#: ``kvm``: the snapshot is written (and resumed) by a QEMU under KVM. The guest still boots under
+#: TCG and is live-migrated into the KVM QEMU (see snapshot.migrate_into); KVMs such as PVM
+#: cannot run the firmware or a stock kernel's boot, but can take over a booted guest.
+ACCELS = ("tcg", "kvm")
+KVM_DEVICE = "/dev/kvm"
 
 SYSTEM_QEMU = "/usr/bin/qemu-system-x86_64"
 SYSTEM_QEMU_IMG = "/usr/bin/qemu-img"
@@ -70,6 +77,36 @@ def find_qemu(generation: str) -> QemuBinaries:
     raise ValueError(f"unknown QEMU generation {generation!r}; expected one of {QEMU_GENERATIONS}")
 
 
+@functools.cache
+def kvm_unavailable(generation: str = "7.2") -> str | None:
+    """Why that QEMU cannot use KVM here, or None if it can: checks /dev/kvm, then starts
+    ``qemu-system-x86_64 -accel kvm -M none`` once and asks ``info kvm`` (cached per process)."""
+    if not os.path.exists(KVM_DEVICE):
+        return f"{KVM_DEVICE} does not exist"
+    if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
+        return f"{KVM_DEVICE} is not readable and writable by uid {os.getuid()}"
+    try:
+        system = find_qemu(generation).system
+    except QemuUnavailable as exc:
+        return str(exc)
+    argv = [system, "-accel", "kvm", "-M", "none", "-nodefaults", "-display", "none", "-monitor", "stdio"]
+    try:
+        proc = subprocess.run(argv, input="info kvm\nquit\n", capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return f"`{' '.join(argv)}` did not answer within 30 s"
+    if proc.returncode != 0 or "kvm support: enabled" not in proc.stdout:
+        out = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+        return f"QEMU {generation} cannot use KVM (exit {proc.returncode}): {' / '.join(out)}"
+    return None
+
+
+def require_kvm(generation: str = "7.2") -> None:
+    """Raise :class:`QemuUnavailable` with the reason if that QEMU cannot use KVM here."""
+    reason = kvm_unavailable(generation)
+    if reason is not None:
+        raise QemuUnavailable(f"KVM unusable: {reason}")
+
+
 @dataclass(frozen=True)
 class GuestConfig:
     """One VM's hardware and guest. ``disk_mib`` adds a qcow2 disk (needed for savevm)."""
@@ -82,6 +119,7 @@ class GuestConfig:
     qemu: str = "7.2"
     disk_mib: int | None = None
     extra_args: tuple[str, ...] = field(default=())
+    accel: str = "tcg"  # one of ACCELS
 
     def __post_init__(self) -> None:
         if self.kind not in GUEST_KINDS:
@@ -92,6 +130,8 @@ class GuestConfig:
             raise ValueError(f"cpus must be 1 or 2, not {self.cpus}")
         if self.qemu not in QEMU_GENERATIONS:
             raise ValueError(f"unknown QEMU generation {self.qemu!r}")
+        if self.accel not in ACCELS:
+            raise ValueError(f"unknown accelerator {self.accel!r}; expected one of {ACCELS}")
         # Accept lists of (model, mac) pairs as well as Nic objects.
         nics = tuple(n if isinstance(n, Nic) else Nic(*n) for n in self.nics)
         object.__setattr__(self, "nics", nics)
@@ -140,7 +180,7 @@ def render_argv(
     argv = [
         config.binaries.system,
         "-accel",
-        "tcg",
+        config.accel,
         "-machine",
         config.machine,
         "-smp",

@@ -7,6 +7,9 @@ Ways to capture (``method``):
 * ``mapped-ram`` ``file:`` with the mapped-ram capability (QEMU >= 9.0): RAM at fixed offsets
 * ``savevm``     HMP ``savevm TAG`` into the VM's qcow2 disk -> an internal qcow2 snapshot
 
+A config with ``accel="kvm"`` boots under TCG and is moved into a KVM QEMU by
+:func:`migrate_into` before any of these (see scenarios.build_snapshot).
+
 Each snapshot gets ``FILE.meta.json`` (:class:`Snapshot`): config, QEMU version, the argv to
 resume it, the state QEMU reported at stop time and the last TICK seen before the stop.
 """
@@ -146,6 +149,25 @@ def wait_incoming(vm: QemuVM, timeout: float = MIGRATION_TIMEOUT) -> None:
     info = vm.qmp("query-migrate")
     if info.get("status") not in (None, "completed"):
         vm._fail(f"incoming migration ended as {info.get('status')}: {info.get('error-desc', info)}")
+
+
+def migrate_into(vm: QemuVM, config: GuestConfig, *, name: str | None = None) -> QemuVM:
+    """Stop ``vm`` and live-migrate it into a new QEMU started for ``config`` (typically the
+    same VM with ``accel="kvm"``) over a Unix socket. Returns the new VM, loaded and paused;
+    the caller owns it and still owns (and should close) ``vm``."""
+    vm.qmp("stop")
+    dest = QemuVM(config, vm.work_dir, name=name or f"{vm.name}-to-{config.accel}", incoming="defer", guest=vm.guest)
+    dest.start()
+    try:
+        uri = f"unix:{dest.qmp_path.with_name('migrate.sock')}"
+        dest.qmp("migrate-incoming", uri=uri)
+        vm.qmp("migrate", uri=uri)
+        wait_migration(vm)
+        wait_incoming(dest)
+    except BaseException:
+        dest.close()
+        raise
+    return dest
 
 
 def _hmp_checked(vm: QemuVM, command: str) -> str:

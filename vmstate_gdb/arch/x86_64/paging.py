@@ -150,37 +150,60 @@ class PageWalker:
 
     def mappings(self, limit: int = 1 << 20):
         """Yield (virtual, physical, size, writable, user) for every present leaf, in address order
-        (for `monitor info mem` and ELF cores with virtual segments)."""
-        if self.mode not in ("4-level", "5-level"):
+        (for `monitor info mem`, virtual `find` and ELF cores with virtual segments)."""
+        mode = self.mode
+        if mode == "none":
             return
-        levels = 5 if self.mode == "5-level" else 4
+        if mode in ("4-level", "5-level"):
+            levels = 5 if mode == "5-level" else 4
+            shifts = [12 + 9 * k for k in range(levels - 1, -1, -1)]
+            layout = [(8, 512, sh) for sh in shifts]
+            top = self.cr3 & ADDR_MASK
+        elif mode == "pae":
+            layout = [(8, 4, 30), (8, 512, 21), (8, 512, 12)]
+            top = self.cr3 & 0xFFFFFFE0
+        else:  # 32-bit
+            layout = [(4, 1024, 22), (4, 1024, 12)]
+            top = self.cr3 & 0xFFFFF000
+        pse = bool(self.cpu["cr4"] & CR4_PSE)
         count = 0
 
         def walk(table: int, depth: int, vbase: int, w: bool, u: bool):
             nonlocal count
-            shift = 12 + 9 * (levels - 1 - depth)
+            width, entries, shift = layout[depth]
             try:
-                raw = self.read(table, 4096)
+                raw = self.read(table, width * entries)
             except AddressError:
                 return
-            for i in range(512):
-                entry = int.from_bytes(raw[8 * i : 8 * i + 8], "little")
+            for i in range(entries):
+                entry = int.from_bytes(raw[width * i : width * i + width], "little")
                 if not entry & PRESENT:
                     continue
                 va = vbase | (i << shift)
-                if depth == 0 and levels == 4 and va >> 47:
+                if depth == 0 and shift == 39 and va >> 47:
                     va |= 0xFFFF000000000000
-                if depth == 0 and levels == 5 and va >> 56:
+                if depth == 0 and shift == 48 and va >> 56:
                     va |= 0xFE00000000000000
-                ww, uu = w and bool(entry & WRITABLE), u and bool(entry & USER)
-                leaf = shift == 12 or (shift in (21, 30) and entry & PAGE_SIZE_BIT)
+                ww = w and (bool(entry & WRITABLE) or (mode == "pae" and depth == 0))
+                uu = u and (bool(entry & USER) or (mode == "pae" and depth == 0))
+                size = 1 << shift
+                if shift == 12:
+                    leaf, base = True, entry & (ADDR_MASK if width == 8 else 0xFFFFF000)
+                elif entry & PAGE_SIZE_BIT and (
+                    shift in (21, 30) and width == 8 and depth > 0 or (shift in (30,) and mode != "pae")
+                ):
+                    leaf, base = True, entry & ADDR_MASK & ~(size - 1)
+                elif entry & PAGE_SIZE_BIT and width == 4 and pse:
+                    leaf, base = True, (entry & 0xFFC00000) | ((entry >> 13) & 0xFF) << 32
+                else:
+                    leaf = False
+                    base = entry & (ADDR_MASK if width == 8 else 0xFFFFF000)
                 if leaf:
-                    size = 1 << shift
                     count += 1
                     if count > limit:
                         return
-                    yield va, entry & ADDR_MASK & ~(size - 1), size, ww, uu
+                    yield va, base, size, ww, uu
                 else:
-                    yield from walk(entry & ADDR_MASK, depth + 1, va, ww, uu)
+                    yield from walk(base, depth + 1, va, ww, uu)
 
-        yield from walk(self.cr3 & ADDR_MASK, 0, 0, True, True)
+        yield from walk(top, 0, 0, True, True)
