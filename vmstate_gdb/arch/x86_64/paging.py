@@ -189,9 +189,7 @@ class PageWalker:
                 size = 1 << shift
                 if shift == 12:
                     leaf, base = True, entry & (ADDR_MASK if width == 8 else 0xFFFFF000)
-                elif entry & PAGE_SIZE_BIT and (
-                    shift in (21, 30) and width == 8 and depth > 0 or (shift in (30,) and mode != "pae")
-                ):
+                elif entry & PAGE_SIZE_BIT and width == 8 and (shift == 21 or shift == 30 and mode != "pae"):
                     leaf, base = True, entry & ADDR_MASK & ~(size - 1)
                 elif entry & PAGE_SIZE_BIT and width == 4 and pse:
                     leaf, base = True, (entry & 0xFFC00000) | ((entry >> 13) & 0xFF) << 32
