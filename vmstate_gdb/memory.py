@@ -25,6 +25,12 @@ class GuestRam:
         self.buf = buf
         self.overlay = overlay
 
+    def is_zero(self, block: RamBlock, index: int) -> bool:
+        """The page is known to be zero without reading it: a ZERO record, a clear mapped-ram bit,
+        or never sent, and not edited. Exporters skip such pages (holes in a core, no diff)."""
+        loc = block.pages[index]
+        return (loc == PAGE_ZERO or loc == PAGE_ABSENT) and self.overlay.page(block.name, index) is None
+
     def page(self, block: RamBlock, index: int) -> bytes:
         edited = self.overlay.page(block.name, index)
         if edited is not None:

@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 from ..arch.x86_64.cpu import CPU_FIELDS
 from ..devices.fields import Array, Leaf, Node
 from ..snapshot import Snapshot
-from ..stream.ram import PAGE_ABSENT, PAGE_ZERO
 from .devices_xml import encoding_of, format_bytes, format_int
-
-_ZERO = (PAGE_ZERO, PAGE_ABSENT)
 
 
 @dataclass
@@ -177,9 +174,7 @@ def _diff_memory(a: Snapshot, b: Snapshot, out: SnapshotDiff) -> None:
         ps = ba.page_size
         run_start = None
         for i in range(ba.page_count):
-            la, lb = ba.pages[i], bb.pages[i]
-            edited = a.edits.page(name, i) is not None or b.edits.page(name, i) is not None
-            same = (la in _ZERO and lb in _ZERO and not edited) or a.ram.page(ba, i) == b.ram.page(bb, i)
+            same = (a.ram.is_zero(ba, i) and b.ram.is_zero(bb, i)) or a.ram.page(ba, i) == b.ram.page(bb, i)
             if not same and run_start is None:
                 run_start = i
             elif same and run_start is not None:

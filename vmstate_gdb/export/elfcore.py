@@ -23,7 +23,6 @@ from ..arch.x86_64.cpu import X86Cpu
 from ..errors import SaveError, UnsupportedError, VmstateError
 from ..machine import PhysicalRange
 from ..snapshot import Snapshot
-from ..stream.ram import PAGE_ABSENT, PAGE_ZERO
 
 # include/elf.h
 ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE, EM_X86_64 = 2, 1, 1, 4, 62
@@ -404,21 +403,13 @@ def _range_pages(snap: Snapshot, r: PhysicalRange) -> Iterator[tuple[int, bytes 
         raise UnsupportedError(f"range {r.start:#x}+{r.size:#x} of {r.block} is not page aligned")
     first = r.block_offset // ps
     count = r.size // ps
-    pages = block.pages
-    overlay = ram.overlay
     zero = bytes(ps)
-    buf = ram.buf
-    edited = {i for (name, i) in overlay.pages if name == block.name}
     for i in range(count):
         index = first + i
-        if index in edited:
-            data = bytes(overlay.page(block.name, index))
-        else:
-            loc = pages[index]
-            if loc == PAGE_ZERO or loc == PAGE_ABSENT:
-                yield i * ps, None
-                continue
-            data = bytes(buf[loc : loc + ps])
+        if ram.is_zero(block, index):
+            yield i * ps, None
+            continue
+        data = ram.page(block, index)
         yield i * ps, (None if data == zero else data)
 
 

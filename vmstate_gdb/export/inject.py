@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 from ..errors import AddressError, EditError, VmstateError
 from ..snapshot import Snapshot
-from ..stream.ram import PAGE_ABSENT, PAGE_ZERO
 from .elfcore import (
     NT_PRSTATUS,
     PRSTATUS_REGS_OFFSET,
@@ -87,9 +86,7 @@ def _snapshot_page_is_zero(snap: Snapshot, paddr: int) -> bool:
     r = snap.physical.locate(paddr)
     block = snap.ram.blocks[r.block]
     index = (r.block_offset + paddr - r.start) // block.page_size
-    if snap.edits.page(block.name, index) is not None:
-        return False
-    return block.pages[index] in (PAGE_ZERO, PAGE_ABSENT)
+    return snap.ram.is_zero(block, index)
 
 
 def _physical_pages(snap: Snapshot, seg: Segment):
