@@ -235,7 +235,7 @@ def test_vmstate_operations(snapshot_small_pc_e1000, connect):
     ral = client.op("field", path="e1000/mac_reg[0][0]")["result"]["int"]
     assert ral.to_bytes(4, "little") == bytes.fromhex(facts["nics"][0]["mac"].replace(":", ""))[:4]
     changed = client.op("mac", new="02:00:00:00:00:01", memory=True)["result"]
-    assert changed["memory_hits"] and "guest RAM" in changed["text"]
+    assert changed["memory_hits"] and "guest memory: physical" in changed["text"]
     assert client.op("facts")["result"]["nics"][0]["mac"] == "02:00:00:00:00:01"
     assert "pending edits" in client.op("describe")["result"]["text"]
     client.op("revert")

@@ -65,7 +65,7 @@ def resume_argv(
 ) -> list[str] | None:
     """QEMU argv that resumes ``snapshot_path``; None if the meta has no command line.
 
-    The console goes to stdio and the monitor away; ``machine_type`` (the versioned name the
+    The console and the monitor go to stdio; ``machine_type`` (the versioned name the
     stream records, e.g. pc-i440fx-7.2) replaces an alias such as ``-M pc``, which a newer QEMU
     would resolve to a newer machine that refuses the stream."""
     argv = _source_argv(meta)
@@ -93,9 +93,10 @@ def resume_argv(
         if kind == "qcow2" and original_image:
             a = a.replace(f"file={original_image}", f"file={snapshot_path}")
         out.append(a)
-    # -nographic without -nodefaults already puts the console on stdio; anything else needs it said.
+    # The console and the monitor share stdio (Ctrl-a c switches), so the user can `cont`:
+    # -nographic without -nodefaults does that already; anything else needs it said.
     if "-nographic" not in out or "-nodefaults" in out:
-        out += ["-serial", "stdio", "-monitor", "none"]
+        out += ["-serial", "mon:stdio"]
     if "-nographic" not in out and "-display" not in out:
         out += ["-display", "none"]
     if kind == "qcow2":
@@ -121,5 +122,5 @@ def resume_text(argv: list[str] | None, kind: str, mapped_ram: bool, snapshot_pa
             "\n  then over QMP: migrate-set-capabilities mapped-ram=on, "
             f'migrate-incoming {{"uri": "file:{os.path.abspath(snapshot_path)}"}}'
         )
-    text += "\n  then 'cont' (the VM was stopped when it was saved)"
+    text += "\n  then press Ctrl-a c and type 'cont': the VM was stopped when it was saved (Ctrl-a x quits)"
     return text

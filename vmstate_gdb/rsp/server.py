@@ -45,6 +45,7 @@ class SnapshotServer:
         self.log = log
         self.thread = 1  # Hg thread: vCPU thread-1
         self.physical_mode = False
+        self.mac_changes: dict[str, str] = {}  # old -> new, for the resume command of vmstate-save
         self.stepbits = 0
         self._virtual: dict[int, tuple[int, VirtualMemory]] = {}
         self.detached = False

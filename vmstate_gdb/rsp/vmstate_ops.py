@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..devices.fields import Array, Leaf, Node
-from ..devices.nics import format_mac, mac_patches, parse_mac
+from ..devices.nics import format_mac, parse_mac
 from ..errors import EditError, VmstateError
+from ..mac import apply_mac_change, pick_nic, plan_mac_change
 
 if TYPE_CHECKING:
     from .server import SnapshotServer
@@ -167,50 +168,21 @@ def set_field(server: SnapshotServer, path: str, value: str) -> dict:
 
 def mac(server: SnapshotServer, nic: str | None = None, new: str | None = None, memory: bool = False) -> dict:
     snap = server.snap
-    nics = snap.nics()
-    if not nics:
-        raise EditError("this snapshot has no NIC of a known model (e1000, e1000e, rtl8139, virtio-net)")
-    if nic is None:
-        chosen = nics
-    else:
-        chosen = [n for n in nics if nic in (n.name, n.model) or n.name.endswith("/" + nic)]
-        if not chosen:
-            raise EditError(f"no NIC {nic!r}; NICs: {', '.join(n.name for n in nics)}")
     if new is None:
+        chosen = snap.nics() if nic is None else [pick_nic(snap, nic)]
+        if not chosen:
+            raise EditError("this snapshot has no NIC of a known model (e1000, e1000e, rtl8139, virtio-net)")
         return {"text": "".join(f"{n.name} ({n.model}): {format_mac(n.mac)}\n" for n in chosen)}
-    if len(chosen) > 1:
-        raise EditError(f"{len(chosen)} NICs; name one: {', '.join(n.name for n in chosen)}")
-    target = chosen[0]
-    new_mac = parse_mac(new)
-    old_mac = target.mac
-    lines = [f"{target.name} ({target.model}): {format_mac(old_mac)} -> {format_mac(new_mac)}"]
-    hits: list[int] = []
-    if memory and old_mac and any(old_mac):
-        hits = _find_all(snap, old_mac)
-    for offset, data, what in mac_patches(snap, target, new_mac):
-        snap.edits.patch(offset, data, f"{what} (MAC)")
-        lines.append(f"  device state: {what}")
-    for address in hits:
-        lines.append(f"  guest RAM: physical {address:#x}")
-        snap.physical.write(address, new_mac)
-    if memory and not hits:
-        lines.append("  guest RAM: the old MAC does not occur")
-    return {"text": "\n".join(lines) + "\n", "memory_hits": hits}
-
-
-def _find_all(snap, pattern: bytes, limit: int = 4096) -> list[int]:
-    hits = []
-    for r in snap.physical.ranges:
-        if r.kind != "ram":
-            continue
-        at = r.start
-        while len(hits) < limit:
-            hit = snap.physical.search(pattern, at, r.end)
-            if hit is None:
-                break
-            hits.append(hit)
-            at = hit + 1
-    return hits
+    change = plan_mac_change(snap, nic, parse_mac(new), memory=memory)
+    apply_mac_change(snap, change)
+    # remembered for vmstate-save: the resume command line needs the new mac= too
+    mac_changes = server.mac_changes
+    first = next((k for k, v in mac_changes.items() if v == format_mac(change.old)), format_mac(change.old))
+    mac_changes[first] = format_mac(change.new)
+    lines = change.describe()
+    if memory and not change.memory_hits:
+        lines.append("  guest memory: the old MAC does not occur")
+    return {"text": "\n".join(lines) + "\n", "memory_hits": change.memory_hits}
 
 
 # -- edits, save, mode ------------------------------------------------------------------------
@@ -220,6 +192,7 @@ def revert(server: SnapshotServer) -> dict:
     edits = server.snap.edits
     n_pages, n_fields = len(edits.pages), len(edits.patches)
     edits.clear()
+    server.mac_changes.clear()
     return {"text": f"dropped {n_pages} RAM page(s) and {n_fields} field edit(s)\n"}
 
 
@@ -230,9 +203,12 @@ def save(server: SnapshotServer, out: str) -> dict:
         raise VmstateError(
             "saving is not available yet in this build (vmstate_gdb.writer is missing)"
         ) from None
+    from ..writer.meta import describe_resume, write_output_meta
+
     result = write_snapshot(server.snap, out)
-    summary = result.summary() if hasattr(result, "summary") else f"wrote {out}"
-    return {"text": summary + "\n"}
+    write_output_meta(server.snap, result, server.mac_changes)
+    text = result.summary() + "\n" + describe_resume(result.path, result.format, result.snapshot_name) + "\n"
+    return {"text": text}
 
 
 def phys(server: SnapshotServer, on: bool | None = None) -> dict:
