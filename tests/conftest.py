@@ -23,6 +23,7 @@ MARKERS = {
     "qemu": "boots real QEMU guests",
     "qemu10": "needs the QEMU 10 installed beside the system QEMU",
     "linux": "boots the Debian Linux test guest",
+    "kvm": "snapshots written by a QEMU under KVM (skip where /dev/kvm is absent or unusable)",
 }
 
 

@@ -14,13 +14,22 @@ from vmstate_gdb.harness.config import (
     QemuBinaries,
     QemuUnavailable,
     find_qemu,
+    kvm_unavailable,
     render_argv,
 )
 from vmstate_gdb.harness.console import Tick, parse_tick, parse_ticks
 from vmstate_gdb.harness.guests import GuestImage, GuestUnavailable, guest_image, repo_root
 from vmstate_gdb.harness.machine import STARTED_PIDS, QemuVM, pid_alive
-from vmstate_gdb.harness.scenarios import SCENARIOS, Scenario, build_snapshot, check_available
-from vmstate_gdb.harness.snapshot import METHODS, Snapshot, capture, restore, wait_incoming, wait_migration
+from vmstate_gdb.harness.scenarios import KVM_SCENARIOS, SCENARIOS, Scenario, build_snapshot, check_available
+from vmstate_gdb.harness.snapshot import (
+    METHODS,
+    Snapshot,
+    capture,
+    migrate_into,
+    restore,
+    wait_incoming,
+    wait_migration,
+)
 from vmstate_gdb.harness.state import RecordedState, parse_info_pci, parse_info_registers
 
 __all__ = [
@@ -29,6 +38,7 @@ __all__ = [
     "QemuBinaries",
     "QemuUnavailable",
     "find_qemu",
+    "kvm_unavailable",
     "render_argv",
     "Tick",
     "parse_tick",
@@ -41,12 +51,14 @@ __all__ = [
     "QemuVM",
     "pid_alive",
     "SCENARIOS",
+    "KVM_SCENARIOS",
     "Scenario",
     "build_snapshot",
     "check_available",
     "METHODS",
     "Snapshot",
     "capture",
+    "migrate_into",
     "restore",
     "wait_incoming",
     "wait_migration",

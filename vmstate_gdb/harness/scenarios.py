@@ -110,6 +110,10 @@ KVM_SCENARIOS: dict[str, Scenario] = _catalogue(
         "small-pc-rtl8139-kvm",
         GuestConfig("small", "pc", 1, 128, (Nic("rtl8139", MAC_RTL8139),), accel="kvm"),
     ),
+    Scenario(
+        "small-pc-rtl8139-kvm-qemu10",
+        GuestConfig("small", "pc", 1, 128, (Nic("rtl8139", MAC_RTL8139),), qemu="10", accel="kvm"),
+    ),
     Scenario("linux-pc-3nic-kvm", GuestConfig("linux", "pc", 1, 256, THREE_NICS, accel="kvm"), kvm_ticks=0),
 )
 
@@ -165,7 +169,9 @@ def build_snapshot(scenario: Scenario, directory: str | Path, reuse: bool = True
     if config.accel == "kvm":
         require_kvm(config.qemu)
         if scenario.method == "savevm":
-            raise ValueError(f"{scenario.name}: savevm needs the disk on the booting QEMU; use a stream method")
+            raise ValueError(
+                f"{scenario.name}: savevm needs the disk on the booting QEMU; use a stream method"
+            )
     t0 = time.monotonic()
     disk = path if scenario.method == "savevm" else None
     boot_config = dataclasses.replace(config, accel="tcg")

@@ -156,7 +156,9 @@ def migrate_into(vm: QemuVM, config: GuestConfig, *, name: str | None = None) ->
     same VM with ``accel="kvm"``) over a Unix socket. Returns the new VM, loaded and paused;
     the caller owns it and still owns (and should close) ``vm``."""
     vm.qmp("stop")
-    dest = QemuVM(config, vm.work_dir, name=name or f"{vm.name}-to-{config.accel}", incoming="defer", guest=vm.guest)
+    dest = QemuVM(
+        config, vm.work_dir, name=name or f"{vm.name}-to-{config.accel}", incoming="defer", guest=vm.guest
+    )
     dest.start()
     try:
         uri = f"unix:{dest.qmp_path.with_name('migrate.sock')}"
