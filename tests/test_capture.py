@@ -87,7 +87,7 @@ class Resumed:
         shown = vmstate("resume-cmd", snap)
         assert shown.returncode == 0, shown.stderr
         lines = shown.stdout.splitlines()
-        assert lines[0] == "to resume:" and "type 'cont'" in shown.stdout, shown.stdout
+        assert lines[0] == "to resume:" and "type: cont" in shown.stdout, shown.stdout
         self.argv = shlex.split(lines[1])
         if lacks_console(self.argv):
             # vmstate_gdb/resume.py drops the VM's -serial but adds none back when -nographic is

@@ -180,7 +180,6 @@ def test_cli_patch_end_to_end(snapshot, restored, tmp_path):
             "--memory",
             "--reg",
             "0:r12=0x77",
-            "-q",
         ],
         capture_output=True,
         text=True,

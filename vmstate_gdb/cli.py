@@ -345,9 +345,21 @@ def _register_optional(sub) -> None:
         mod.register(sub)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Options may come anywhere, also between the positionals (`devices SNAP --json PATH`):
+    each subcommand is parsed with argparse's intermixed parsing."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if argv and argv[0] in subparsers.choices:
+        args = subparsers.choices[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return args.func(args)
     except VmstateError as e:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+from dataclasses import dataclass, field
 
 META_SUFFIX = ".meta.json"
 
@@ -108,19 +109,74 @@ def resume_argv(
     return out
 
 
-def resume_text(argv: list[str] | None, kind: str, mapped_ram: bool, snapshot_path: str) -> str:
-    if argv is None:
-        how = (
-            f"start QEMU with the VM's own options plus -loadvm TAG on {snapshot_path}"
-            if kind == "qcow2"
-            else f'start QEMU with the VM\'s own options plus -incoming "exec:cat {snapshot_path}"'
+@dataclass
+class ResumePlan:
+    """How to resume a snapshot: the command line, what to type in its monitor, and caveats."""
+
+    argv: list[str] | None
+    monitor: list[str] = field(default_factory=list)  # HMP commands, typed after Ctrl-a c
+    notes: list[str] = field(default_factory=list)
+    runs_at_once: bool = False
+
+    def text(self, kind: str, snapshot_path: str) -> str:
+        if self.argv is None:
+            how = (
+                f"start QEMU with the VM's own options plus -loadvm TAG on {snapshot_path}"
+                if kind == "qcow2"
+                else f'start QEMU with the VM\'s own options plus -incoming "exec:cat {snapshot_path}"'
+            )
+            lines = [f"to resume: {how}"]
+        else:
+            lines = ["to resume:", "  " + shlex.join(self.argv)]
+        if self.monitor:
+            lines.append("  then press Ctrl-a c (the monitor) and type: " + "; ".join(self.monitor))
+        if self.runs_at_once:
+            lines.append("  the VM runs on as soon as it is loaded")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def plan_resume(
+    meta: dict,
+    snapshot_path: str,
+    kind: str,
+    tag: str | None,
+    *,
+    mapped_ram: bool,
+    running: bool,
+    machine_type: str | None = None,
+) -> ResumePlan:
+    argv = (
+        resume_argv(
+            meta,
+            snapshot_path,
+            kind,
+            tag or meta.get("tag"),
+            meta.get("mac_changes"),
+            meta.get("original_image"),
+            mapped_ram,
+            machine_type,
         )
-        return f"to resume: {how}, then 'cont' in the monitor"
-    text = "to resume:\n  " + shlex.join(argv)
+        if meta
+        else None
+    )
+    # -loadvm at startup starts the VM afterwards (no -S); -incoming does so only when the stream's
+    # globalstate says it was running (process_incoming_migration_bh in migration/migration.c).
+    running = running or kind == "qcow2"
+    plan = ResumePlan(argv, runs_at_once=running)
     if mapped_ram:
-        text += (
-            "\n  then over QMP: migrate-set-capabilities mapped-ram=on, "
-            f'migrate-incoming {{"uri": "file:{os.path.abspath(snapshot_path)}"}}'
+        plan.monitor += [
+            "migrate_set_capability mapped-ram on",
+            f"migrate_incoming file:{os.path.abspath(snapshot_path)}",
+        ]
+    if not running:
+        plan.monitor.append("cont")
+    original = meta.get("original_image") or ""
+    if kind != "qcow2" and (meta.get("format") == "qcow2" or original.endswith(".qcow2")) and original:
+        snap_tag = tag or meta.get("tag") or "TAG"
+        plan.notes.append(
+            f"the VM's disk must be in the snapshot's state, not {original} as it is: resume with a copy, "
+            f"'cp {original} disk.qcow2 && qemu-img snapshot -a {snap_tag} disk.qcow2', "
+            "and point -drive at disk.qcow2"
         )
-    text += "\n  then press Ctrl-a c and type 'cont': the VM was stopped when it was saved (Ctrl-a x quits)"
-    return text
+    return plan

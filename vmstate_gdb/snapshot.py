@@ -230,7 +230,7 @@ class Snapshot:
                 }
                 for r in self.layout.ranges
             ],
-            "warnings": idx.warnings + self.layout.notes,
+            "warnings": idx.warnings + self.devices.warnings + self.layout.notes,
         }
 
 

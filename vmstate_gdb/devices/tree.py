@@ -50,6 +50,7 @@ class DeviceTree:
     def __init__(self, index: StreamIndex, read: Callable[[int, int], bytes]):
         self.read = read
         self.devices: list[Device] = []
+        self.warnings: list[str] = []
         counts: dict[str, int] = {}
         for sec in index.devices:
             counts[sec.idstr] = counts.get(sec.idstr, 0) + 1
@@ -80,8 +81,12 @@ class DeviceTree:
                 vmsd_name=desc["vmsd_name"],
                 version=desc.get("version"),
             )
-            end = self._vmsd(desc, group, sec.body_offset)
+            try:
+                end = self._vmsd(desc, group, sec.body_offset)
+            except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
+                end = -1  # the JSON is untrusted: a missing key or a wrong type is a lie too
             if end != sec.body_end:  # the JSON lied somewhere (see stream-format.md 2.5)
+                self.warnings.append(f"section {key!r}: its VMDESCRIPTION does not fit the bytes; shown raw")
                 return self._raw(sec, key)
             return group
         decoder = _section_decoders.get(sec.idstr)

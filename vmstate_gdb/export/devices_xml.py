@@ -232,11 +232,15 @@ def _xml_entry(entry: dict, top: bool = False) -> dict:
 
 
 def export_devices(snap: Snapshot, out: str, as_json: bool = False) -> dict:
+    from ..writer import check_output_path
+    from ..writer.emit import AtomicOutput
+
+    check_output_path(snap, out)
     tree = export_tree(snap)
     text = json.dumps(tree, indent=1) + "\n" if as_json else to_xml(tree) + "\n"
     try:
-        with open(out, "w") as f:
-            f.write(text)
+        with AtomicOutput(out) as f:
+            f.write(text.encode())
     except OSError as e:
         raise FormatError(f"cannot write: {e.strerror or e}", out) from None
     return tree

@@ -352,8 +352,9 @@ def write_core(
     cpu_index: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> CoreResult:
-    if os.path.exists(out) and os.path.realpath(out) == os.path.realpath(snap.path):
-        raise SaveError("refusing to overwrite the input snapshot", out)
+    from ..writer import check_output_path
+
+    check_output_path(snap, out)
     layout = plan_core(snap, virtual, cpu_index)
     tmp = out + ".part"
     data_pages = zero_pages = 0

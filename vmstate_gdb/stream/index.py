@@ -283,9 +283,12 @@ class _Walker:
         cur = self.cur
         for j in range(desc_pos, min(desc_pos + 4, len(descriptions))):
             d = descriptions[j]
-            if d.get("name") == sec.idstr and int(d.get("instance_id", 0)) == sec.instance_id:
-                end = sec.body_offset + vmsd_wire_size(d)
-                if self._is_footer(end, sec.section_id):
+            if d.get("name") == sec.idstr and d.get("instance_id", 0) == sec.instance_id:
+                try:
+                    end = sec.body_offset + vmsd_wire_size(d)
+                except ValueError:
+                    end = -1
+                if end > 0 and self._is_footer(end, sec.section_id):
                     sec.description = d
                     sec.body_end = end
                     cur.pos = end

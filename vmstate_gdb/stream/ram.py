@@ -86,6 +86,15 @@ def parse_ram_setup(cur: Cursor, state: RamState, channel_base: int) -> None:
     if flags != C.RAM_SAVE_FLAG_MEM_SIZE:
         raise cur.fail(f"RAM section starts with flags {flags:#x}, expected MEM_SIZE", cur.pos - 8)
     total = word & ~(state.page_size - 1)
+    # Every page takes at least a 9-byte ZERO record (or its reserved place, with mapped-ram), so a
+    # size the file cannot hold is a corruption; refusing it here keeps the index from growing
+    # to the claimed size.
+    most = cur.size if state.mapped_ram else cur.size // _MIN_RECORD * state.page_size
+    if total > most:
+        raise cur.fail(
+            f"RAM section claims {total:#x} bytes of RAM, more than a stream of {cur.size:#x} bytes can hold",
+            cur.pos - 8,
+        )
     state.total_bytes = total
     remaining = total
     while remaining > 0:
@@ -140,6 +149,7 @@ def parse_ram_chunk(cur: Cursor, state: RamState) -> None:
     _parse_ram_records(cur, state)
 
 
+_MIN_RECORD = 9  # a ZERO record with CONTINUE: be64 word + fill byte
 _RUN_MIN = 4  # consecutive records of one kind before trying the bulk path
 _RUN_MAX = 1 << 12  # records checked in one bulk step (16 MiB of pages: bounded resident set)
 _CHECKPOINT = 32 << 20  # bytes between progress/release callbacks

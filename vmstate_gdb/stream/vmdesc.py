@@ -37,23 +37,38 @@ def _locate_in(buf, size: int, window: int) -> tuple[int, dict] | None:
                 (length,) = struct.unpack(">I", tail[pos - 4 : pos])
                 if at + 5 + length == size:
                     try:
-                        return at, json.loads(tail[pos:].decode("ascii"))
-                    except (UnicodeDecodeError, ValueError):
+                        desc = json.loads(tail[pos:].decode("ascii"))
+                    except (UnicodeDecodeError, ValueError, RecursionError):
                         return None
+                    return (at, desc) if isinstance(desc, dict) else None
             pos = tail.rfind(marker, 0, pos)
     return None
 
 
 def vmsd_wire_size(vmsd: dict) -> int:
-    """Bytes a vmsd object (fields, then sent subsections) takes on the wire, from the JSON sizes."""
+    """Bytes a vmsd object (fields, then sent subsections) takes on the wire, from the JSON sizes.
+
+    The JSON is untrusted: any shape it should not have raises ValueError."""
+    try:
+        return _wire_size(vmsd, 0)
+    except (KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise ValueError(f"malformed VMDESCRIPTION entry: {e!r}") from None
+
+
+def _wire_size(vmsd: dict, depth: int) -> int:
+    if depth > 64:
+        raise ValueError("VMDESCRIPTION nests deeper than 64 levels")
     total = 0
     for f in vmsd.get("fields", ()):
         total += int(f.get("size", 0)) * int(f.get("array_len", 1))
     for sub in vmsd.get("subsections", ()):
         name = sub.get("vmsd_name", "")
-        total += 1 + 1 + len(name) + 4 + vmsd_wire_size(sub)
+        total += 1 + 1 + len(name) + 4 + _wire_size(sub, depth + 1)
+    if total < 0:
+        raise ValueError("negative sizes in VMDESCRIPTION")
     return total
 
 
 def device_entries(desc: dict | None) -> list[dict]:
-    return list(desc.get("devices", ())) if desc else []
+    devices = desc.get("devices", ()) if desc else ()
+    return [d for d in devices if isinstance(d, dict)] if isinstance(devices, list) else []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import sys
 
 from ..devices.nics import format_mac, parse_mac
@@ -9,7 +12,7 @@ from ..errors import EditError
 from ..mac import apply_mac_change, plan_mac_change
 from ..progress import Progress
 from . import save
-from .meta import describe_resume, write_output_meta
+from .meta import describe_resume, resume_plan, write_output_meta
 
 
 def _parse_value(text: str) -> int | bytes:
@@ -78,13 +81,14 @@ def cmd_patch(args) -> int:
     from ..cli import _open
 
     with _open(args) as snap:
-        macs = apply_cli_edits(snap, args)
+        macs = apply_cli_edits(snap, args, out=open(os.devnull, "w") if args.quiet else sys.stdout)
         progress = Progress(f"saving {args.out}", enabled=None if not args.quiet else False)
         result = save(snap, args.out, fmt=args.format, progress=progress, snapshot_name=args.snapshot_name)
         progress.done()
         write_output_meta(snap, result, macs)
         print(result.summary())
-        print(describe_resume(result.path, result.format, result.snapshot_name))
+        if not args.quiet:
+            print(describe_resume(result.path, result.format, result.snapshot_name))
     return 0
 
 
@@ -97,7 +101,11 @@ def cmd_resume(args) -> int:
         tag = getattr(getattr(source, "snapshot", None), "name", None)
     finally:
         source.close()
-    print(describe_resume(args.snap, kind, tag))
+    plan = resume_plan(args.snap, kind, tag)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(plan), indent=2))
+    else:
+        print(plan.text(kind, args.snap))
     return 0
 
 
@@ -129,7 +137,13 @@ def register(sub) -> None:
     sp.add_argument("--snapshot-name", help="qcow2: rename the edited snapshot (same length)")
     sp.add_argument("-q", "--quiet", action="store_true")
     sp.set_defaults(func=cmd_patch, json=False)
-    sp = sub.add_parser("resume-cmd", help="print the QEMU command that resumes a snapshot")
+    sp = sub.add_parser(
+        "resume-cmd",
+        help="print the QEMU command that resumes a snapshot",
+        description="The QEMU command line that resumes SNAP (from its .meta.json, with any new mac=), "
+        "and what to type in its monitor. --json gives the argv as a list, for scripts.",
+    )
     sp.add_argument("snap", metavar="SNAP")
-    sp.add_argument("-s", "--snapshot")
+    sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
+    sp.add_argument("--json", action="store_true", help="machine-readable: argv, monitor commands, notes")
     sp.set_defaults(func=cmd_resume)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from ..resume import load_meta, resume_argv, resume_text, write_meta
+from ..errors import VmstateError
+from ..resume import load_meta, write_meta
 
 
 def write_output_meta(snap, result, mac_changes: dict[str, str]) -> None:
@@ -33,20 +34,35 @@ def write_output_meta(snap, result, mac_changes: dict[str, str]) -> None:
     write_meta(result.path, meta)
 
 
-def describe_resume(path: str, kind: str, tag: str | None) -> str:
+def resume_plan(path: str, kind: str, tag: str | None, snap=None):
+    """The plan to resume ``path``; facts about the stream (mapped-ram, run state) come from
+    ``snap`` when the caller has it open, else from the file."""
+    from ..resume import plan_resume
+    from ..snapshot import Snapshot
+
     meta = load_meta(path) or {}
-    mapped = meta.get("method") == "mapped-ram"
-    argv = (
-        resume_argv(
+    own = snap is None
+    if own:
+        snap = Snapshot.open(path, snapshot=tag if kind == "qcow2" else None)
+    try:
+        mapped = "mapped-ram" in snap.index.capabilities
+        try:
+            runstate = bytes(snap.field_value("globalstate/runstate")).split(b"\0")[0]
+        except VmstateError:
+            runstate = b""
+        return plan_resume(
             meta,
             path,
             kind,
-            tag or meta.get("tag"),
-            meta.get("mac_changes"),
-            meta.get("original_image"),
-            mapped,
+            tag,
+            mapped_ram=mapped,
+            running=runstate == b"running",
+            machine_type=snap.index.machine_type or None,
         )
-        if meta
-        else None
-    )
-    return resume_text(argv, kind, mapped, path)
+    finally:
+        if own:
+            snap.close()
+
+
+def describe_resume(path: str, kind: str, tag: str | None, snap=None) -> str:
+    return resume_plan(path, kind, tag, snap).text(kind, path)
