@@ -779,3 +779,16 @@ def test_qemu_image_variants(tmp_path, opts, version, ext_l2):
                 f"[{opts}] {name}: {src.size} bytes, cluster {src.image.cluster_size}, "  # pytest -s
                 f"vm_state_offset {src.vm_state_offset:#x}, {len(src.extents)} extent(s)"
             )
+
+
+@pytest.mark.unit
+def test_a_fifo_is_refused_at_once(tmp_path):
+    import os
+
+    from vmstate_gdb.containers import open_source
+    from vmstate_gdb.errors import FormatError
+
+    fifo = tmp_path / "snap.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(FormatError, match="not a regular file"):
+        open_source(str(fifo))

@@ -129,7 +129,7 @@ def test_import_rejects_unknown_device_and_bad_files(snapshot, tmp_path):
         with pytest.raises(FormatError, match="not valid XML"):
             load_tree(str(broken))
     run = vmstate("import-devices", meta.path, str(bad), str(tmp_path / "out.vmstate"), "-q")
-    assert run.returncode == 1 and run.stderr.startswith("vmstate: unknown device"), run.stderr
+    assert run.returncode == 1 and run.stderr.startswith(f"vmstate: {meta.path}: unknown device"), run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
 
 

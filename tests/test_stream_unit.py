@@ -204,3 +204,57 @@ def test_bulk_run_stops_at_a_corrupted_header():
     data[at + 7] = 0x29  # PAGE|CONTINUE|FULL: not a valid record
     with pytest.raises(VmstateError):
         idx_of(bytes(data))
+
+
+def _with_json(data: bytes, mutate) -> bytes:
+    """``data`` with its VMDESCRIPTION JSON rewritten by ``mutate(desc)``."""
+    import json
+
+    idx = idx_of(data)
+    desc = json.loads(data[idx.vmdesc_offset + 5 :])
+    mutate(desc)
+    js = json.dumps(desc).encode()
+    return data[: idx.vmdesc_offset] + b"\x06" + struct.pack(">I", len(js)) + js
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        lambda d: d["devices"][1]["fields"][0].update(name=None),
+        lambda d: d["devices"][1]["fields"][0].update(type=None),
+        lambda d: d["devices"][1]["fields"][0].update(size=0, array_len=10**15),
+        lambda d: d["devices"][1]["fields"][0].update(size="6"),
+        lambda d: d["devices"][1]["fields"][0].update(type="struct"),
+        lambda d: d.update(devices={"not": "a list"}),
+    ],
+)
+def test_a_lying_vmdescription_shows_the_section_raw(lie):
+    data = _with_json(simple_stream(), lie)
+    idx = idx_of(data)
+    tree = DeviceTree(idx, lambda o, n: data[o : o + n])
+    nic = tree.device("nicdev")
+    assert nic is not None
+    assert [c.name for c in nic.root.children()] in (["data"], ["mac", "regs"])
+    if [c.name for c in nic.root.children()] == ["data"]:
+        assert tree.warnings or idx.warnings
+
+
+def test_an_early_eof_with_bytes_after_it_is_an_error():
+    data = bytearray(simple_stream(vmdesc=False))
+    idx = idx_of(bytes(data))
+    first_device = idx.devices[0].header_offset
+    data[first_device] = 0x00  # EOF where the first device section starts
+    with pytest.raises(FormatError, match="follow the EOF byte"):
+        idx_of(bytes(data))
+    with_json = bytearray(simple_stream())
+    with_json[first_device] = 0x00
+    with pytest.raises(FormatError, match="VMDESCRIPTION starts at"):
+        idx_of(bytes(with_json))
+
+
+def test_a_corrupted_section_id_is_a_footer_error_not_a_swallowed_section():
+    data = bytearray(simple_stream())
+    sec = idx_of(bytes(data)).devices[0]
+    data[sec.header_offset + 4] ^= 0x01  # the section id in the header
+    with pytest.raises(FormatError, match="footer of section 'timer' names section id"):
+        idx_of(bytes(data))

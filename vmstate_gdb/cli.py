@@ -9,7 +9,6 @@ import sys
 
 from .devices.fields import Array, Leaf, Node
 from .devices.format import format_value, to_plain
-from .devices.nics import format_mac
 from .errors import AddressError, VmstateError
 from .progress import Progress
 from .snapshot import Snapshot, open_snapshot
@@ -194,6 +193,8 @@ def _render(snap: Snapshot, node: Node, lines: list[str], indent: int, depth: in
 
 
 def cmd_read(args) -> int:
+    if args.length <= 0:
+        raise VmstateError(f"length {args.length} must be positive")
     with _open(args) as snap:
         space = snap.physical if args.phys else snap.virtual(args.cpu)
         data = space.read(args.address, args.length)
@@ -229,6 +230,7 @@ def cmd_translate(args) -> int:
             steps = getattr(e, "steps", [])
             for s in steps:
                 print(f"  {s.level:<5} [{s.index:3d}] @ {s.entry_address:#x} = {s.entry:#018x}")
+            sys.stdout.flush()
             raise
         data = {
             "virtual": t.virtual,
@@ -255,12 +257,14 @@ def cmd_snapshots(args) -> int:
     from .containers import list_snapshots
 
     snaps = list_snapshots(args.snap)
-    data = [vars(s) if hasattr(s, "__dict__") else s for s in snaps]
-    lines = [f"{'ID':<6}{'TAG':<24}{'VM SIZE':>12}  DATE"]
+    data = [s.as_dict() for s in snaps]
+    lines = [f"{'ID':<6}{'TAG':<24}{'VM SIZE':>12}  {'DATE':<19}  VM CLOCK"]
     for s in snaps:
+        clock = s.vm_clock_nsec // 10**6
+        hms = f"{clock // 3600000:02d}:{clock // 60000 % 60:02d}:{clock // 1000 % 60:02d}.{clock % 1000:03d}"
         lines.append(
-            f"{getattr(s, 'id', '')!s:<6}{getattr(s, 'name', '')!s:<24}"
-            f"{_human(getattr(s, 'vm_state_size', 0)):>12}  {getattr(s, 'date_sec', '')}"
+            f"{s.id:<6}{s.name:<24}{_human(s.vm_state_size) if s.vm_state_size else '0':>12}  "
+            f"{s.date.strftime('%Y-%m-%d %H:%M:%S')}  {hms}"
         )
     _emit(args, data, "\n".join(lines))
     return 0
@@ -272,7 +276,7 @@ def cmd_nics(args) -> int:
         _emit(
             args,
             [n.describe() for n in nics],
-            "\n".join(f"{n.name} ({n.model}): {format_mac(n.mac)}" for n in nics) or "no NICs",
+            "\n".join(f"{n.name} ({n.model}): {n.describe()['mac']}" for n in nics) or "no NICs",
         )
     return 0
 
@@ -318,10 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", action="store_true", help="write the bytes to stdout")
     sp = snap_cmd("translate", "walk the page tables for a virtual address", cmd_translate)
     sp.add_argument("address", type=_int)
-    sp.add_argument("--cpu", type=int, default=0)
+    sp.add_argument("--cpu", type=int, default=0, help="walk this vCPU's page tables (default 0)")
     snap_cmd("nics", "the NICs and their MAC addresses", cmd_nics)
-    sp = sub.add_parser("snapshots", help="list the internal snapshots of a qcow2 image")
-    sp.add_argument("snap", metavar="IMAGE")
+    sp = sub.add_parser(
+        "snapshots",
+        help="list the internal snapshots of a qcow2 image",
+        description="The snapshot table of a qcow2 image, as `qemu-img snapshot -l` shows it; "
+        "disk-only snapshots have VM SIZE 0 and cannot be opened.",
+    )
+    sp.add_argument("snap", metavar="IMAGE", help="a qcow2 image")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_snapshots)
     _register_optional(sub)
@@ -363,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except VmstateError as e:
-        print(f"vmstate: {e}", file=sys.stderr)
+        # every line names the file: errors about an address or a path inside the snapshot
+        # do not know it, the command does
+        where = "" if e.path is not None or not getattr(args, "snap", None) else f"{args.snap}: "
+        print(f"vmstate: {where}{e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("vmstate: interrupted", file=sys.stderr)

@@ -33,6 +33,10 @@ class EditOverlay:
         self.pages[(block, index)] = data
         self.generation += 1
 
+    def drop_page(self, block: str, index: int) -> None:
+        if self.pages.pop((block, index), None) is not None:
+            self.generation += 1
+
     def patch(self, offset: int, data: bytes, what: str) -> None:
         # A later patch of the same bytes replaces the earlier one, so the list stays small.
         self.patches = [p for p in self.patches if not (p.offset == offset and len(p.data) == len(data))]

@@ -40,6 +40,13 @@ class GuestRam:
             return bytes(block.page_size)
         return bytes(self.buf[loc : loc + block.page_size])
 
+    def original_page(self, block: RamBlock, index: int) -> bytes:
+        """The page as the snapshot file holds it, without the overlay."""
+        loc = block.pages[index]
+        if loc == PAGE_ZERO or loc == PAGE_ABSENT:
+            return bytes(block.page_size)
+        return bytes(self.buf[loc : loc + block.page_size])
+
     def read(self, name: str, offset: int, size: int) -> bytes:
         block = self.blocks[name]
         if offset < 0 or offset + size > block.used_length:
@@ -75,7 +82,11 @@ class GuestRam:
             if page is None:
                 page = bytearray(self.page(block, index))
             page[within : within + n] = data[pos : pos + n]
-            self.overlay.set_page(name, index, page)
+            if page == self.original_page(block, index):
+                # written back to what the file holds (a breakpoint removed): no edit left
+                self.overlay.drop_page(name, index)
+            else:
+                self.overlay.set_page(name, index, page)
             pos += n
 
 
@@ -92,7 +103,8 @@ class PhysicalMemory:
         i = bisect.bisect_right(self._starts, address) - 1
         if i >= 0 and address < self.ranges[i].end:
             return self.ranges[i]
-        raise AddressError(f"physical address {address:#x} is not guest RAM or ROM", address)
+        where = ", ".join(f"{r.start:#x}-{r.end - 1:#x}" for r in self.ranges)
+        raise AddressError(f"physical address {address:#x} is not guest RAM or ROM ({where} are)", address)
 
     def _spans(self, address: int, size: int):
         while size > 0:

@@ -15,6 +15,7 @@ from .devices import (
     virtio,  # noqa: F401  (registers the virtio blob decoder)
 )
 from .devices import nics as nic_knowledge
+from .devices.fields import not_a_value
 from .devices.tree import DeviceTree
 from .edits import EditOverlay
 from .errors import EditError, FormatError, VmstateError
@@ -141,7 +142,9 @@ class Snapshot:
                 for name, attr in (("tpr", "apic_tpr"), ("apicbase", "apic_base")):
                     node = apic.root.child(name)
                     if node is not None and node.is_leaf:
-                        setattr(cpu, attr, node.value(self.read_stream))  # type: ignore[attr-defined]
+                        value = node.value(self.read_stream)  # type: ignore[attr-defined]
+                        if isinstance(value, int):
+                            setattr(cpu, attr, value)
             cpus.append(cpu)
         cpus.sort(key=lambda c: c.index)
         return cpus
@@ -150,6 +153,8 @@ class Snapshot:
         for c in self.cpus:
             if c.index == index:
                 return c
+        if not self.cpus:
+            raise FormatError("no vCPU state: the snapshot has no x86_64 'cpu' section", self.path)
         raise EditError(f"no vCPU {index}: this snapshot has vCPUs 0..{len(self.cpus) - 1}")
 
     def set_register(self, cpu_index: int, name: str, value: int) -> list[str]:
@@ -184,13 +189,13 @@ class Snapshot:
     def field_value(self, path: str):
         node = self.devices.resolve(path)
         if not node.is_leaf:
-            raise EditError(f"{node.path} is a group of {len(node.children())} fields, not one value")
+            raise EditError(not_a_value(node))
         return node.value(self.read_stream)  # type: ignore[attr-defined]
 
     def set_field(self, path: str, value: int | bytes) -> str:
         node = self.devices.resolve(path)
         if not node.is_leaf:
-            raise EditError(f"{node.path} is a group of fields; name one of its fields")
+            raise EditError(not_a_value(node))
         try:
             data = node.encode(value)  # type: ignore[attr-defined]
         except ValueError as e:

@@ -32,7 +32,8 @@ class MappedFile:
     def __init__(self, path: str):
         self.path = path
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; the type check below refuses it
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK)
         except OSError as exc:
             raise _open_error(path, exc) from None
         try:

@@ -139,3 +139,10 @@ class Array(Node):
             except (ValueError, IndexError):
                 return None
         return None
+
+
+def not_a_value(node: Node) -> str:
+    """Why a path names no single value, for error messages."""
+    if isinstance(node, Array):
+        return f"{node.path} is an array of {node.count}; name an element, e.g. {node.path}[0]"
+    return f"{node.path} is a group of {len(node.children())} fields; name one of them"

@@ -66,7 +66,7 @@ class Nic:
         return {
             "name": self.name,
             "model": self.model,
-            "mac": format_mac(self.mac),
+            "mac": format_mac(self.mac) if self.mac else "unknown (device state not decoded)",
             "copies": [c.path for c in self.copies],
         }
 

@@ -51,6 +51,7 @@ class DeviceTree:
         self.read = read
         self.devices: list[Device] = []
         self.warnings: list[str] = []
+        self._limit = 0  # bytes of the section being decoded: no field may claim more
         counts: dict[str, int] = {}
         for sec in index.devices:
             counts[sec.idstr] = counts.get(sec.idstr, 0) + 1
@@ -81,6 +82,7 @@ class DeviceTree:
                 vmsd_name=desc["vmsd_name"],
                 version=desc.get("version"),
             )
+            self._limit = sec.body_size
             try:
                 end = self._vmsd(desc, group, sec.body_offset)
             except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
@@ -128,10 +130,17 @@ class DeviceTree:
 
     def _field(self, f: dict, group: Group, pos: int) -> int:
         name = f["name"]
+        size = f.get("size", 0)
+        count = f.get("array_len", 1)
+        # The JSON is untrusted: shapes it cannot have are lies, and the section is shown raw.
+        if not isinstance(name, str) or not isinstance(f.get("type"), str):
+            raise ValueError("field without a name or type")
+        if not isinstance(size, int) or not isinstance(count, int) or size < 0 or count < 0:
+            raise ValueError(f"field {name!r} has a bad size or count")
+        if size * count > self._limit or (size == 0 and count > 1):
+            raise ValueError(f"field {name!r} is larger than its section")
         if "index" in f:
             name = f"{name}[{f['index']}]"
-        size = int(f.get("size", 0))
-        count = int(f.get("array_len", 1))
         path = f"{group.path}/{name}"
         if "array_len" in f:
             node = Array(
@@ -189,11 +198,13 @@ class DeviceTree:
         for part in [p for p in rest.split("/") if p]:
             nxt = _step(node, part)
             if nxt is None:
-                names = (
-                    ", ".join(c.name for c in node.children()[:12])
-                    if not isinstance(node, Array)
-                    else (f"[0]..[{node.count - 1}]")
-                )
+                if isinstance(node, Array):
+                    names = f"[0]..[{node.count - 1}]"
+                else:
+                    children = [c.name for c in node.children()]
+                    names = ", ".join(children[:12]) + (
+                        f", ... ({len(children)} in all)" if len(children) > 12 else ""
+                    )
                 raise EditError(f"{node.path} has no field {part!r} (it has: {names})")
             node = nxt
         return node
@@ -204,7 +215,10 @@ class DeviceTree:
             d = self.device("/".join(parts[:n]))
             if d is not None:
                 return d, "/".join(parts[n:])
-        raise EditError(f"no device {parts[0]!r} in this snapshot (try `vmstate devices` for the list)")
+        raise EditError(
+            f"no device {parts[0]!r} in this snapshot "
+            "(the device list: `vmstate devices SNAP`, or vmstate-devices in gdb)"
+        )
 
     def complete(self, prefix: str) -> list[str]:
         """Tab completion: paths that extend ``prefix`` by one component."""

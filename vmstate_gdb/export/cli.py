@@ -91,6 +91,11 @@ def cmd_core(args) -> int:
         elapsed = time.monotonic() - t0
         total = sum(r.size for r, _ in result.layout.range_offsets)
         print(result.summary())
+        if not args.virtual:
+            print(
+                "note: segments are at guest-physical addresses; for gdb with a kernel's symbols, "
+                "write the core with --virtual"
+            )
         if not args.quiet:
             print(
                 f"{total / 2**20:.0f} MiB of guest RAM in {elapsed:.2f} s "
@@ -182,8 +187,8 @@ def register(sub) -> None:
         help="device fields, registers and RAM pages that differ between two snapshots",
         description="Compare two snapshots of the same VM (e.g. before and after).",
     )
-    sp.add_argument("a", metavar="A")
-    sp.add_argument("b", metavar="B")
+    sp.add_argument("a", metavar="A", help="snapshot file (stream, libvirt save or qcow2)")
+    sp.add_argument("b", metavar="B", help="snapshot file of the same VM")
     sp.add_argument("-s", "--snapshot", help="qcow2: snapshot of A (and of B unless --snapshot-b)")
     sp.add_argument("--snapshot-b", help="qcow2: snapshot of B")
     sp.add_argument("--no-memory", action="store_true", help="skip the RAM comparison")
@@ -213,7 +218,7 @@ def register(sub) -> None:
 
     sp = snap_cmd("disas", "disassemble guest code in the vCPU's mode, by default around rip", cmd_disas)
     sp.add_argument("address", metavar="ADDR", nargs="?", help="address or symbol[+offset] (default: rip)")
-    sp.add_argument("--cpu", type=int, default=0)
+    sp.add_argument("--cpu", type=int, default=0, help="the vCPU whose mode and page tables to use")
     sp.add_argument("-n", "--count", type=int, default=10, help="instructions from ADDR (default 10)")
     sp.add_argument("--phys", action="store_true", help="ADDR is guest-physical")
     sp.add_argument("--symbols", metavar="FILE", help="ELF or System.map for symbol names")

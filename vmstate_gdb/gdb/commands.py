@@ -84,6 +84,22 @@ class VmstateHelp(gdb.Command):
         gdb.write(OVERVIEW + "\n")
 
 
+def _take_option(args: list[str], names: tuple[str, ...], command: str) -> str | None:
+    """Remove ``--name VALUE`` (or ``--name=VALUE``) from ``args``; return VALUE."""
+    for i, a in enumerate(args):
+        for name in names:
+            if a == name:
+                if i + 1 >= len(args):
+                    raise gdb.GdbError(f"{command}: {name} needs a value")
+                value = args[i + 1]
+                del args[i : i + 2]
+                return value
+            if a.startswith(name + "=") and name.startswith("--"):
+                del args[i]
+                return a.split("=", 1)[1]
+    return None
+
+
 class VmstateOpen(gdb.Command):
     """Open a QEMU snapshot as the gdb target: vmstate-open SNAPSHOT [--snapshot NAME]
 
@@ -99,15 +115,19 @@ class VmstateOpen(gdb.Command):
     @_one_line_errors
     def invoke(self, arg, from_tty):
         args = _argv(arg)
-        name = None
-        if "--snapshot" in args:
-            i = args.index("--snapshot")
-            if i + 1 >= len(args):
-                raise gdb.GdbError("vmstate-open: --snapshot needs a NAME")
-            name = args[i + 1]
-            del args[i : i + 2]
+        name = _take_option(args, ("--snapshot", "-s"), "vmstate-open")
         if len(args) != 1:
-            raise gdb.GdbError("usage: vmstate-open SNAPSHOT [--snapshot NAME]")
+            raise gdb.GdbError("usage: vmstate-open SNAPSHOT [--snapshot|-s NAME]")
+        if SESSION.facts:
+            try:
+                before = SESSION.request("describe")
+            except gdb.GdbError:
+                before = {}
+            if before.get("unsaved"):
+                gdb.write(
+                    f"vmstate: discarding the unsaved edits of {SESSION.facts.get('path')} "
+                    f"({before['pages']} page(s), {len(before['fields'])} field(s))\n"
+                )
         SESSION.open(args[0], name)
         facts = SESSION.facts
         set_convenience_variables(facts)
@@ -229,6 +249,9 @@ class VmstateMac(gdb.Command):
         args = _argv(arg)
         memory = "--memory" in args
         args = [a for a in args if a != "--memory"]
+        unknown = [a for a in args if a.startswith("--")]
+        if unknown:
+            raise gdb.GdbError(f"vmstate-mac: unknown option {unknown[0]} (only --memory)")
         nic = new = None
         if len(args) == 1:
             (nic, new) = (
@@ -263,9 +286,10 @@ class VmstateRevert(gdb.Command):
 
 
 class VmstateSave(gdb.Command):
-    """Write a new snapshot with the pending edits: vmstate-save OUT
+    """Write a new snapshot with the pending edits: vmstate-save OUT [--format stream|qcow2]
 
-    OUT is of the same kind as the input (stream or qcow2); the input file is never written."""
+    OUT is of the same kind as the input (stream or qcow2) unless --format says otherwise
+    (a qcow2 snapshot's state as a standalone stream); the input file is never written."""
 
     command_name = "vmstate-save"
 
@@ -275,11 +299,13 @@ class VmstateSave(gdb.Command):
     @_one_line_errors
     def invoke(self, arg, from_tty):
         args = _argv(arg)
-        if len(args) != 1:
-            raise gdb.GdbError("usage: vmstate-save OUT")
+        fmt = _take_option(args, ("--format", "-f"), "vmstate-save")
+        if len(args) != 1 or fmt not in (None, "stream", "qcow2"):
+            raise gdb.GdbError("usage: vmstate-save OUT [--format stream|qcow2]")
         import os
 
-        gdb.write(SESSION.request("save", out=os.path.abspath(os.path.expanduser(args[0])))["text"])
+        out = os.path.abspath(os.path.expanduser(args[0]))
+        gdb.write(SESSION.request("save", out=out, fmt=fmt)["text"])
 
 
 COMMANDS = (

@@ -21,8 +21,10 @@ class VmstateDev(gdb.Function):
     def __init__(self):
         super().__init__("vmstate_dev")
 
-    def invoke(self, path):
-        field = SESSION.request("field", path=_path(path))
+    def invoke(self, *args):
+        if len(args) != 1:
+            raise gdb.GdbError('usage: $vmstate_dev("PATH")')
+        field = SESSION.request("field", path=_path(args[0]))
         if "int" in field:
             type_name = "long long" if field.get("signed") else "unsigned long long"
             return gdb.Value(field["int"]).cast(gdb.lookup_type(type_name))
@@ -39,8 +41,10 @@ class VmstateDevStr(gdb.Function):
     def __init__(self):
         super().__init__("vmstate_dev_str")
 
-    def invoke(self, path):
-        return SESSION.request("field", path=_path(path))["text"]
+    def invoke(self, *args):
+        if len(args) != 1:
+            raise gdb.GdbError('usage: $vmstate_dev_str("PATH")')
+        return SESSION.request("field", path=_path(args[0]))["text"]
 
 
 FUNCTIONS = (VmstateDev, VmstateDevStr)

@@ -68,9 +68,11 @@ _SYSTEM_TYPES_LONG = (
 HELP = """\
 monitor commands of the vmstate_gdb snapshot server:
   info version          server version and snapshot file
-  info registers [-a]   registers of the selected vCPU (-a: every vCPU), in QEMU's format
-  info mem              the selected vCPU's virtual mappings, in QEMU's format
+  info registers [-a]   registers of the monitor's vCPU (-a: every vCPU), in QEMU's format
+  info mem              the monitor's vCPU's virtual mappings, in QEMU's format
   info vmstate          snapshot file, vCPUs, memory mode and pending edits
+  cpu N                 the monitor's vCPU (as in QEMU: vCPU 0 until set; gdb's own
+                        commands follow the thread gdb selects, `thread N+1`)
   phys on|off           gdb memory accesses are guest-physical / virtual (selected vCPU)
   help                  this text"""
 
@@ -165,14 +167,11 @@ def format_registers(cpu: X86Cpu) -> str:
 
 
 def format_mem(server: SnapshotServer) -> str:
-    """QEMU's `info mem` for 4/5-level paging: coalesced virtual ranges with u/r/w protection."""
-    cpu = server.current_cpu()
-    mode = cpu.paging_mode
-    if mode == "none":
+    """QEMU's `info mem`: coalesced virtual ranges with u/r/w protection."""
+    cpu = server.snap.cpu(server.monitor_cpu)
+    if cpu.paging_mode == "none":
         return "PG disabled\n"
-    if mode not in ("4-level", "5-level"):
-        return f"info mem: {mode} paging is not listed by this server (4- and 5-level only)\n"
-    walker = server.virtual().walker
+    walker = server.virtual(server.monitor_cpu).walker
     lines = []
     run = None  # [start, end, prot]
     for va, _pa, size, writable, user in walker.mappings():
@@ -199,13 +198,21 @@ def run_monitor(server: SnapshotServer, command: str) -> str:
         if what == "registers":
             if "-a" in words[2:]:
                 return "".join(f"\nCPU#{c.index}\n" + format_registers(c) for c in server.snap.cpus)
-            return format_registers(server.current_cpu())
+            return format_registers(server.snap.cpu(server.monitor_cpu))
         if what == "mem":
             return format_mem(server)
         if what == "vmstate":
             return server.describe_text()
+    if words[0] == "cpu":
+        if len(words) != 2 or not words[1].isdigit():
+            raise VmstateError("usage: monitor cpu N")
+        server.snap.cpu(int(words[1]))  # a clear error for a vCPU that does not exist
+        server.monitor_cpu = int(words[1])
+        return ""
     if words[0] == "phys":
-        if len(words) == 2 and words[1] in ("on", "off", "1", "0"):
+        if len(words) > 2 or (len(words) == 2 and words[1] not in ("on", "off", "1", "0")):
+            raise VmstateError("usage: monitor phys [on|off]")
+        if len(words) == 2:
             server.physical_mode = words[1] in ("on", "1")
         return f"memory accesses are {'guest-physical' if server.physical_mode else 'virtual'}\n"
     raise VmstateError(f"unknown monitor command {command!r} (try `monitor help`)")

@@ -45,6 +45,8 @@ class SnapshotServer:
         self.log = log
         self.thread = 1  # Hg thread: vCPU thread-1
         self.physical_mode = False
+        self.saved_generation: int | None = None  # edits.generation at the last vmstate-save
+        self.monitor_cpu = 0  # `monitor cpu N`; QEMU's monitor also starts at the first vCPU
         self.mac_changes: dict[str, str] = {}  # old -> new, for the resume command of vmstate-save
         self.stepbits = 0
         self._virtual: dict[int, tuple[int, VirtualMemory]] = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..devices.fields import Array, Leaf, Node
+from ..devices.fields import Array, Leaf, Node, not_a_value
 from ..devices.nics import format_mac, parse_mac
 from ..errors import EditError, VmstateError
 from ..mac import apply_mac_change, pick_nic, plan_mac_change
@@ -67,6 +67,7 @@ def describe(server: SnapshotServer) -> dict:
     return {
         "text": "\n".join(lines) + "\n",
         "edited": bool(edits),
+        "unsaved": bool(edits) and edits.generation != server.saved_generation,
         "pages": len(edits.pages),
         "fields": [p.what for p in edits.patches],
     }
@@ -124,7 +125,7 @@ def field(server: SnapshotServer, path: str) -> dict:
     snap = server.snap
     node = snap.devices.resolve(path)
     if not isinstance(node, Leaf):
-        raise EditError(f"{node.path} is a group of fields, not one value (see `vmstate-devices {path}`)")
+        raise EditError(not_a_value(node))
     value = node.value(snap.read_stream)
     out = {"path": node.path, "type": node.type, "size": node.size, "text": format_value(node, value)}
     if isinstance(value, int):
@@ -156,7 +157,7 @@ def set_field(server: SnapshotServer, path: str, value: str) -> dict:
     snap = server.snap
     node = snap.devices.resolve(path)
     if not isinstance(node, Leaf):
-        raise EditError(f"{node.path} is a group of fields; name one of its fields")
+        raise EditError(not_a_value(node))
     old = format_value(node, node.value(snap.read_stream))
     written = snap.set_field(path, parse_value(node, value))
     new = format_value(node, node.value(snap.read_stream))
@@ -196,7 +197,7 @@ def revert(server: SnapshotServer) -> dict:
     return {"text": f"dropped {n_pages} RAM page(s) and {n_fields} field edit(s)\n"}
 
 
-def save(server: SnapshotServer, out: str) -> dict:
+def save(server: SnapshotServer, out: str, fmt: str | None = None) -> dict:
     try:
         from ..writer import save as write_snapshot
     except ImportError:
@@ -205,7 +206,8 @@ def save(server: SnapshotServer, out: str) -> dict:
         ) from None
     from ..writer.meta import describe_resume, write_output_meta
 
-    result = write_snapshot(server.snap, out)
+    result = write_snapshot(server.snap, out, fmt=fmt)
+    server.saved_generation = server.snap.edits.generation
     write_output_meta(server.snap, result, server.mac_changes)
     text = result.summary() + "\n" + describe_resume(result.path, result.format, result.snapshot_name) + "\n"
     return {"text": text}

@@ -162,10 +162,30 @@ class _Walker:
             vmdesc_offset=vmdesc_offset,
             vmdesc=vmdesc,
         )
+        idx.footers = conf_off is not None
         if vmdesc is None:
             idx.warnings.append("no VMDESCRIPTION trailer: device sections are listed as raw bytes")
         self._sections(idx, device_entries(vmdesc))
         trailing = cur.size - idx.eof_offset - 1
+        if vmdesc_offset is not None and vmdesc_offset != idx.eof_offset + 1:
+            raise FormatError(
+                f"the device sections end (EOF byte) at {idx.eof_offset + cur.origin:#x}, but the "
+                f"VMDESCRIPTION starts at {vmdesc_offset + cur.origin:#x}: a section before it is corrupted",
+                cur.path,
+                idx.eof_offset + cur.origin,
+            )
+        if trailing and vmdesc_offset is None and cur.buf[idx.eof_offset + 1] != C.QEMU_VM_VMDESCRIPTION:
+            raise FormatError(
+                f"{trailing} bytes follow the EOF byte and they are not a VMDESCRIPTION: the stream is "
+                "corrupted before them",
+                cur.path,
+                idx.eof_offset + cur.origin,
+            )
+        if vmdesc is not None and len(device_entries(vmdesc)) != len(idx.devices):
+            idx.warnings.append(
+                f"the VMDESCRIPTION lists {len(device_entries(vmdesc))} device sections, the stream has "
+                f"{len(idx.devices)}"
+            )
         if trailing and vmdesc_offset is None:
             idx.warnings.append(
                 f"{trailing} bytes after EOF are not a complete VMDESCRIPTION (truncated?); QEMU ignores them"
@@ -288,7 +308,16 @@ class _Walker:
                     end = sec.body_offset + vmsd_wire_size(d)
                 except ValueError:
                     end = -1
-                if end > 0 and self._is_footer(end, sec.section_id):
+                # Where the JSON says the body ends there must be a footer (0x7e); if its id is
+                # wrong, the section header is corrupted, which _footer reports. Scanning for a
+                # matching id instead could swallow the sections that follow.
+                if (
+                    end > 0
+                    and end < cur.size
+                    and (
+                        cur.buf[end] == C.QEMU_VM_SECTION_FOOTER if idx.footers else self._valid_item_at(end)
+                    )
+                ):
                     sec.description = d
                     sec.body_end = end
                     cur.pos = end
@@ -346,15 +375,19 @@ class _Walker:
 
     def _footer(self, sec: Section, idx: StreamIndex) -> None:
         cur = self.cur
-        if cur.peek_u8() == C.QEMU_VM_SECTION_FOOTER:
-            at = cur.pos
-            cur.u8()
-            sid = cur.be32("footer section id")
-            if sid != sec.section_id:
-                raise cur.fail(
-                    f"footer of section {sec.idstr!r} names section id {sid}, expected {sec.section_id}", at
-                )
-        elif idx.footers and sec is idx.sections[0] if idx.sections else True:
-            idx.footers = False
-        else:
-            raise FormatError(f"missing section footer after {sec.idstr!r}", cur.path, cur.pos + cur.origin)
+        if not idx.footers and not self._is_footer(cur.pos, sec.section_id):
+            return  # machine types <= 2.3 send no footers (and no configuration)
+        if cur.peek_u8() != C.QEMU_VM_SECTION_FOOTER:
+            raise FormatError(
+                f"missing section footer after {sec.idstr!r} (section id {sec.section_id}): the stream is "
+                "corrupted here",
+                cur.path,
+                cur.pos + cur.origin,
+            )
+        at = cur.pos
+        cur.u8()
+        sid = cur.be32("footer section id")
+        if sid != sec.section_id:
+            raise cur.fail(
+                f"footer of section {sec.idstr!r} names section id {sid}, expected {sec.section_id}", at
+            )

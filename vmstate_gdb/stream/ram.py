@@ -135,11 +135,25 @@ def _parse_mapped_ram_block(cur: Cursor, block: RamBlock, channel_base: int) -> 
     ):
         raise cur.fail(f"mapped-ram block {block.name!r} points past the end of the stream", header_offset)
     block.mapped_ram = MappedRamHeader(header_offset, page_size, bitmap_offset, pages_offset)
-    bitmap = int.from_bytes(cur.buf[bitmap_offset : bitmap_offset + bitmap_size], "little")
+    bitmap = bytes(cur.buf[bitmap_offset : bitmap_offset + bitmap_size])
     pages = block.pages
     ps = block.page_size
-    for i in range(npages):
-        pages[i] = pages_offset + i * ps if (bitmap >> i) & 1 else PAGE_ZERO
+    # Bit i of the little-endian unsigned longs is bit i % 8 of byte i // 8. Whole bytes of set
+    # or clear bits (the common case) are filled with slice assignments.
+    for byte_index, byte in enumerate(bitmap):
+        first = byte_index * 8
+        if first >= npages:
+            break
+        n = min(8, npages - first)
+        if byte == 0xFF:
+            pages[first : first + n] = array(
+                "q", range(pages_offset + first * ps, pages_offset + (first + n) * ps, ps)
+            )
+        elif byte == 0:
+            pages[first : first + n] = array("q", bytes(8 * n))
+        else:
+            for bit in range(n):
+                pages[first + bit] = pages_offset + (first + bit) * ps if byte >> bit & 1 else PAGE_ZERO
     # The writer seeks past the reserved page area; the next block entry (or EOS) follows there.
     cur.pos = pages_offset + block.used_length
 

@@ -119,8 +119,8 @@ def register(sub) -> None:
             "Apply edits to SNAP and write OUT, which QEMU resumes. Repeat options to make several edits."
         ),
     )
-    sp.add_argument("snap", metavar="SNAP")
-    sp.add_argument("out", metavar="OUT")
+    sp.add_argument("snap", metavar="SNAP", help="the snapshot to edit (never written)")
+    sp.add_argument("out", metavar="OUT", help="the new snapshot (same kind as SNAP unless --format)")
     sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
     sp.add_argument("--offset", type=_int, default=None)
     sp.add_argument("--max-ram-below-4g", type=_int, default=None)

@@ -53,7 +53,7 @@ def make_plan(snap: Snapshot) -> Plan:
     bitmap_bytes: dict[int, int] = {}  # stream offset -> new byte value
     for (block_name, page), data in sorted(snap.edits.pages.items()):
         block = ram.blocks[block_name]
-        if bytes(data) == _page_from_file(snap, block, page):
+        if bytes(data) == snap.ram.original_page(block, page):
             continue  # written back to what it was
         loc = block.pages[page]
         if block.mapped_ram is not None:
@@ -80,13 +80,6 @@ def make_plan(snap: Snapshot) -> Plan:
         plan.inserted = bytes(new_records)
     plan.patches = merge_patches(plan.patches)
     return plan
-
-
-def _page_from_file(snap: Snapshot, block, page: int) -> bytes:
-    loc = block.pages[page]
-    if loc in (PAGE_ZERO, PAGE_ABSENT):
-        return bytes(block.page_size)
-    return bytes(snap.buf[loc : loc + block.page_size])
 
 
 def merge_patches(patches: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
