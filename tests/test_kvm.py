@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 
 import pytest
-from guestinfo import HIGHER_HALF, expected_macs, linux_symbols, small_symbols
+from guestinfo import HIGHER_HALF, assert_registers_equal_qemus, expected_macs, linux_symbols, small_symbols
 from snapshots import CACHE_ENV
 
 from vmstate_gdb.errors import QemuError
@@ -39,8 +39,6 @@ SMALLS = [SMALL, pytest.param("small-pc-rtl8139-kvm-qemu10", marks=pytest.mark.q
 ALL = SMALLS + [pytest.param(LINUX, marks=pytest.mark.linux)]
 NEW_MAC = "52:54:00:be:ef:43"
 
-GPRS = ["RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP"]
-GPRS += [f"R{i}" for i in range(8, 16)] + ["RIP"]
 
 
 @pytest.fixture(scope="session")
@@ -86,24 +84,8 @@ def test_kvm_registers_equal_qemu_info_registers(kvm_snapshot, name):
     assert meta.resume_argv[1:3] == ["-accel", "kvm"]
     with open_snap(meta) as snap:
         assert len(snap.cpus) == meta.config.cpus
-        for cpu, qemu in zip(snap.cpus, meta.state.registers, strict=True):
-            long_mode = bool(cpu["efer"] & (1 << 10))
-            mask = (1 << 64) - 1 if long_mode else 0xFFFFFFFF
-            for reg in GPRS if long_mode else [r for r in GPRS if not r[1:].isdigit()]:
-                assert cpu[reg.lower()] & mask == qemu[reg], f"cpu{cpu.index} {reg}"
-            assert cpu["eflags"] & 0xFFFFFFFF == qemu["RFL"]
-            for cr in ("CR0", "CR2", "CR3", "CR4"):
-                assert cpu[cr.lower()] & mask == qemu[cr], f"cpu{cpu.index} {cr}"
-            assert cpu["efer"] == qemu["EFER"]
-            for seg in ("ES", "CS", "SS", "DS", "FS", "GS", "LDT", "TR"):
-                s = seg.lower()
-                assert cpu[f"{s}.selector"] == qemu[seg], f"cpu{cpu.index} {seg}"
-                assert cpu[f"{s}.base"] & mask == qemu[f"{seg}.base"], f"cpu{cpu.index} {seg}.base"
-                assert cpu[f"{s}.limit"] == qemu[f"{seg}.limit"], f"cpu{cpu.index} {seg}.limit"
-                assert cpu[f"{s}.flags"] == qemu[f"{seg}.flags"], f"cpu{cpu.index} {seg}.flags"
-            for table in ("GDT", "IDT"):
-                assert cpu[f"{table.lower()}.base"] & mask == qemu[f"{table}.base"]
-                assert cpu[f"{table.lower()}.limit"] == qemu[f"{table}.limit"]
+        assert_registers_equal_qemus(snap, meta)
+        for cpu in snap.cpus:
             assert cpu.cpu_mode == "long" and cpu.paging_mode == "4-level"
 
 

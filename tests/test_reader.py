@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from guestinfo import HIGHER_HALF, expected_macs, linux_symbols, small_symbols
+from guestinfo import HIGHER_HALF, assert_registers_equal_qemus, expected_macs, linux_symbols, small_symbols
 
 from vmstate_gdb.errors import AddressError, VmstateError
 from vmstate_gdb.snapshot import Snapshot
@@ -25,25 +25,6 @@ SMALL = [
 ]
 ALL = SMALL + ["small-pc-bigmem", "small-q35-bigmem-qemu10", "linux-pc-3nic", "linux-q35-3nic-qemu10"]
 
-GPRS = [
-    "RAX",
-    "RBX",
-    "RCX",
-    "RDX",
-    "RSI",
-    "RDI",
-    "RBP",
-    "RSP",
-    "R8",
-    "R9",
-    "R10",
-    "R11",
-    "R12",
-    "R13",
-    "R14",
-    "R15",
-    "RIP",
-]
 
 
 def open_snap(meta) -> Snapshot:
@@ -55,25 +36,7 @@ def test_registers_equal_qemu_info_registers(snapshot, name):
     meta = snapshot(name)
     with open_snap(meta) as snap:
         assert len(snap.cpus) == meta.config.cpus
-        for cpu, qemu in zip(snap.cpus, meta.state.registers, strict=True):
-            long_mode = bool(cpu["efer"] & (1 << 10))  # QEMU prints 64-bit registers when EFER.LMA
-            mask = (1 << 64) - 1 if long_mode else 0xFFFFFFFF
-            for reg in GPRS if long_mode else [r for r in GPRS if not r[1:].isdigit()]:
-                ours = cpu[reg.lower() if reg != "RIP" else "rip"]
-                assert ours & mask == qemu[reg], f"cpu{cpu.index} {reg}"
-            assert cpu["eflags"] & 0xFFFFFFFF == qemu["RFL"]
-            for cr in ("CR0", "CR2", "CR3", "CR4"):
-                assert cpu[cr.lower()] & mask == qemu[cr], f"cpu{cpu.index} {cr}"
-            assert cpu["efer"] == qemu["EFER"]
-            for seg in ("ES", "CS", "SS", "DS", "FS", "GS", "LDT", "TR"):
-                s = seg.lower()
-                assert cpu[f"{s}.selector"] == qemu[seg], f"cpu{cpu.index} {seg}"
-                assert cpu[f"{s}.base"] & mask == qemu[f"{seg}.base"], f"cpu{cpu.index} {seg}.base"
-                assert cpu[f"{s}.limit"] == qemu[f"{seg}.limit"]
-                assert cpu[f"{s}.flags"] == qemu[f"{seg}.flags"]
-            for table in ("GDT", "IDT"):
-                assert cpu[f"{table.lower()}.base"] & mask == qemu[f"{table}.base"]
-                assert cpu[f"{table.lower()}.limit"] == qemu[f"{table}.limit"]
+        assert_registers_equal_qemus(snap, meta)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -281,6 +281,20 @@ def cmd_nics(args) -> int:
     return 0
 
 
+def add_snapshot_arguments(sp: argparse.ArgumentParser) -> None:
+    """SNAP and the options that say how to open it: the same for every command that reads one."""
+    sp.add_argument("snap", metavar="SNAP", help="snapshot file: migration stream, libvirt save, or qcow2")
+    sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
+    sp.add_argument("--offset", type=_int, default=None, help="the stream starts at this byte of the file")
+    sp.add_argument(
+        "--max-ram-below-4g",
+        type=_size,
+        default=None,
+        help="the machine's max-ram-below-4g option, if it was set",
+    )
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vmstate",
@@ -292,21 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def snap_cmd(name: str, helptext: str, func):
         sp = sub.add_parser(name, help=helptext, description=helptext)
-        sp.add_argument(
-            "snap", metavar="SNAP", help="snapshot file: migration stream, libvirt save, or qcow2"
-        )
-        sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
-        sp.add_argument(
-            "--offset", type=_int, default=None, help="the stream starts at this byte of the file"
-        )
-        sp.add_argument(
-            "--max-ram-below-4g",
-            type=_size,
-            default=None,
-            help="the machine's max-ram-below-4g option, if it was set",
-        )
+        add_snapshot_arguments(sp)
         sp.add_argument("--json", action="store_true", help="machine-readable output")
-        sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
         sp.set_defaults(func=func)
         return sp
 

@@ -140,24 +140,11 @@ def cmd_disas(args) -> int:
 
 
 def register(sub) -> None:
-    from ..cli import _int, _size
+    from ..cli import add_snapshot_arguments
 
     def snap_cmd(name: str, helptext: str, func, out: bool = False):
         sp = sub.add_parser(name, help=helptext, description=helptext)
-        sp.add_argument(
-            "snap", metavar="SNAP", help="snapshot file: migration stream, libvirt save, or qcow2"
-        )
-        sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
-        sp.add_argument(
-            "--offset", type=_int, default=None, help="the stream starts at this byte of the file"
-        )
-        sp.add_argument(
-            "--max-ram-below-4g",
-            type=_size,
-            default=None,
-            help="the machine's max-ram-below-4g option, if it was set",
-        )
-        sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+        add_snapshot_arguments(sp)
         sp.set_defaults(func=func, json=False)
         return sp
 

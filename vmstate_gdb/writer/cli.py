@@ -110,7 +110,7 @@ def cmd_resume(args) -> int:
 
 
 def register(sub) -> None:
-    from ..cli import _int
+    from ..cli import add_snapshot_arguments
 
     sp = sub.add_parser(
         "patch",
@@ -119,11 +119,8 @@ def register(sub) -> None:
             "Apply edits to SNAP and write OUT, which QEMU resumes. Repeat options to make several edits."
         ),
     )
-    sp.add_argument("snap", metavar="SNAP", help="the snapshot to edit (never written)")
+    add_snapshot_arguments(sp)
     sp.add_argument("out", metavar="OUT", help="the new snapshot (same kind as SNAP unless --format)")
-    sp.add_argument("-s", "--snapshot", help="qcow2: snapshot name or id (default: the newest)")
-    sp.add_argument("--offset", type=_int, default=None)
-    sp.add_argument("--max-ram-below-4g", type=_int, default=None)
     sp.add_argument("--set", action="append", metavar="PATH=VALUE", help="a device field (vmstate devices)")
     sp.add_argument("--mac", action="append", metavar="[NIC=]MAC", help="change a NIC's MAC in device state")
     sp.add_argument("--memory", action="store_true", help="with --mac: also every copy of the old MAC in RAM")
@@ -135,7 +132,6 @@ def register(sub) -> None:
     )
     sp.add_argument("--format", choices=("stream", "qcow2"), help="output kind (default: as the input)")
     sp.add_argument("--snapshot-name", help="qcow2: rename the edited snapshot (same length)")
-    sp.add_argument("-q", "--quiet", action="store_true")
     sp.set_defaults(func=cmd_patch, json=False)
     sp = sub.add_parser(
         "resume-cmd",
