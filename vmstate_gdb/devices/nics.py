@@ -134,15 +134,15 @@ def _locate(snap: Snapshot, nic: Nic) -> None:
         regs = _array(snap, p)
         if regs is not None and regs.count > E1000_RA + 1:
             at = regs.offset + 4 * E1000_RA
-            nic.copies.append(MacCopy(f"{regs.path}[{E1000_RA:#x}]", at, 4, "ral"))
-            nic.copies.append(MacCopy(f"{regs.path}[{E1000_RA + 1:#x}]", at + 4, 4, "rah"))
+            nic.copies.append(MacCopy(f"{regs.path}[{E1000_RA}]", at, 4, "ral"))
+            nic.copies.append(MacCopy(f"{regs.path}[{E1000_RA + 1}]", at + 4, 4, "rah"))
     for p in eeprom_paths:
         ee = _array(snap, p)
         if ee is not None and ee.count == 64:
             nic.copies.append(MacCopy(f"{ee.path}[0..2]", ee.offset, 6, "eeprom"))
             nic.copies.append(
                 MacCopy(
-                    f"{ee.path}[{EEPROM_CHECKSUM_WORD:#x}]",
+                    f"{ee.path}[{EEPROM_CHECKSUM_WORD}]",
                     ee.offset + 2 * EEPROM_CHECKSUM_WORD,
                     2,
                     "checksum",
