@@ -47,7 +47,6 @@ def save(
     fmt: str | None = None,
     progress=None,
     snapshot_name: str | None = None,
-    qemu_img: str | None = None,
 ) -> SaveResult:
     """Write ``snap`` with its edits to ``out``: same kind as the input unless ``fmt`` says
     "stream" (a standalone migration stream) or "qcow2"."""
@@ -65,18 +64,20 @@ def save(
             raise SaveError("a qcow2 output needs a qcow2 input (its disk); use --format stream", out)
         from .qcow2 import save_qcow2
 
-        name, size = save_qcow2(snap, plan, out, snapshot_name, progress, qemu_img)
+        name, size = save_qcow2(snap, plan, out, snapshot_name, progress)
         return SaveResult(out, "qcow2", plan, size, name)
     size = _save_stream(snap, plan, out, progress, keep_prefix=(kind != "qcow2"))
     return SaveResult(out, "stream", plan, size)
 
 
 def _save_stream(snap: Snapshot, plan: Plan, out: str, progress, keep_prefix: bool) -> int:
+    """The file's bytes before the stream (a libvirt header) are kept unless the input is a qcow2
+    image, whose vmstate becomes a standalone stream."""
     source = snap.source
     stream_size = source.size
     try:
-        with open(_backing_file(snap), "rb") as src, AtomicOutput(out) as dst:
-            if snap.source.view() is not None:
+        with open(source.path, "rb") as src, AtomicOutput(out) as dst:
+            if source.view() is not None:
                 base = source.file_offset(0)
                 size = write_stream(
                     src.fileno(),
@@ -89,8 +90,6 @@ def _save_stream(snap: Snapshot, plan: Plan, out: str, progress, keep_prefix: bo
                     dst,
                     progress,
                 )
-                if not keep_prefix and base:
-                    pass
             else:
                 size = _write_fragmented(snap, plan, dst, progress)
         return size
@@ -98,10 +97,6 @@ def _save_stream(snap: Snapshot, plan: Plan, out: str, progress, keep_prefix: bo
         raise
     except OSError as e:
         raise SaveError(f"cannot write: {e.strerror or e}", out) from None
-
-
-def _backing_file(snap: Snapshot) -> str:
-    return snap.source.path
 
 
 def _write_fragmented(snap: Snapshot, plan: Plan, dst, progress) -> int:

@@ -139,9 +139,7 @@ class _ImageWriter:
             self._put64(at, new)
 
 
-def save_qcow2(
-    snap: Snapshot, plan: Plan, out: str, new_name: str | None, progress, qemu_img: str | None = None
-) -> tuple[str, int]:
+def save_qcow2(snap: Snapshot, plan: Plan, out: str, new_name: str | None, progress) -> tuple[str, int]:
     source = snap.source
     image: Qcow2Image = source.image  # type: ignore[attr-defined]
     info = source.snapshot  # type: ignore[attr-defined]
