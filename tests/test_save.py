@@ -195,3 +195,37 @@ def test_cli_patch_end_to_end(snapshot, restored, tmp_path):
 def test_parse_tick_fields():
     t = parse_tick("TICK 7 sw=52:54:00:12:34:56 hw=52:54:00:12:34:56 r12=0x1 note=")
     assert t.n == 7 and t.sw_mac == "52:54:00:12:34:56"
+
+
+def test_qcow2_vmstate_grows_into_new_l2_tables(qemu_vm, tmp_path):
+    """4 KiB clusters: one L2 table maps only 2 MiB, so 3 MiB of new page records need new L2
+    tables and clusters. qemu-img check stays clean and QEMU's loadvm sees the pages and runs on."""
+    from vmstate_gdb.harness import GuestConfig
+    from vmstate_gdb.harness import Nic as HNic
+
+    config = GuestConfig("small", "pc", 1, 128, (HNic("e1000", "52:54:00:12:34:56"),), disk_mib=64)
+    disk = tmp_path / "small-clusters.qcow2"
+    subprocess.run(
+        [config.binaries.img, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(disk), "64M"],
+        check=True,
+    )
+    vm = qemu_vm(config, disk=str(disk))
+    vm.wait_ready()
+    before = vm.wait_for_ticks(2)[-1]
+    vm.qmp("stop")
+    assert "rror" not in vm.hmp("savevm grow")
+    vm.qmp("quit")
+    vm.close()
+    out = str(tmp_path / "grown.qcow2")
+    with Snapshot.open(str(disk), snapshot="grow") as snap:
+        for i in range(768):
+            snap.physical.write(0x1000000 + i * 4096, b"grown %d" % i)
+        result = save(snap, out)
+    assert result.plan.pages_added == 768
+    check = subprocess.run([config.binaries.img, "check", out], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    resumed = qemu_vm(config, disk=out, paused=True, name="grown")
+    assert "rror" not in resumed.hmp("loadvm grow")
+    assert "0x67 0x72 0x6f 0x77 0x6e 0x20 0x37 0x36" in resumed.hmp(f"xp /8xb {0x1000000 + 767 * 4096:#x}")
+    resumed.qmp("cont")
+    assert resumed.wait_for_ticks(1)[-1].n > before.n

@@ -212,10 +212,10 @@ def _rewrite_vmstate(
             )
         l1e_at = info.l1_table_offset + 8 * l1_idx
         l2 = w._u64(l1e_at) & OFFSET_MASK
-        if l2 == 0:
-            raise UnsupportedError(
-                "the grown vmstate crosses into a new L2 table; save with --format stream", image.path, l1e_at
-            )
+        if l2 == 0:  # the grown vmstate crosses into a range no L2 table covers yet
+            l2 = w.allocate()
+            w._put64(l1e_at, l2 | OFLAG_COPIED)
+            owned_l2.add(l2)
         if l2 not in owned_l2:
             l2 = w.own_l2_table(l1e_at, l2)
             owned_l2.add(l2)
