@@ -40,7 +40,6 @@ ALL = SMALLS + [pytest.param(LINUX, marks=pytest.mark.linux)]
 NEW_MAC = "52:54:00:be:ef:43"
 
 
-
 @pytest.fixture(scope="session")
 def kvm_snapshot(snapshot_dir, guest_builds) -> Callable[[str], Snapshot]:
     """Factory: ``kvm_snapshot(name)`` -> the session's snapshot of a KVM scenario, built once;

@@ -26,7 +26,6 @@ SMALL = [
 ALL = SMALL + ["small-pc-bigmem", "small-q35-bigmem-qemu10", "linux-pc-3nic", "linux-q35-3nic-qemu10"]
 
 
-
 def open_snap(meta) -> Snapshot:
     return Snapshot.open(meta.path, snapshot=meta.tag)
 
@@ -235,3 +234,19 @@ def test_layout_agrees_with_the_guest_and_its_markers(snapshot, name):
         for address in filter(None, markers):
             text = snap.physical.read(address, 64).split(b"\0")[0].decode()
             assert text == f"VMSTATE-HIGHMEM {address:#x}", text
+
+
+def test_a_corrupted_vcpu_number_is_one_clear_error(snapshot, tmp_path):
+    meta = snapshot("small-pc-e1000")
+    data = bytearray(open(meta.path, "rb").read())
+    with open_snap(meta) as snap:
+        sec = snap.index.find("cpu", 0)
+    instance_at = sec.header_offset + 1 + 4 + 1 + len("cpu")
+    data[instance_at : instance_at + 4] = b"\xff\xff\xff\xff"
+    bad = tmp_path / "badcpu.vmstate"
+    bad.write_bytes(bytes(data))
+    with Snapshot.open(str(bad)) as snap:
+        with pytest.raises(VmstateError, match="vCPUs must be numbered"):
+            snap.cpus  # noqa: B018
+    run = run_cli("core", str(bad), str(tmp_path / "x.core"))
+    assert run.returncode == 1 and str(bad) in run.stderr and "Traceback" not in run.stderr

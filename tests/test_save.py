@@ -134,7 +134,7 @@ def test_refuses_to_overwrite_the_input_and_fails_cleanly(snapshot, tmp_path):
     sym.symlink_to(meta.path)
     with Snapshot.open(meta.path) as snap:
         snap.set_register(0, "rax", 1)
-        for target in (meta.path, str(link), str(sym)):
+        for target in (meta.path, str(link), str(sym), meta.path + ".meta.json"):
             with pytest.raises(SaveError, match="input"):
                 save(snap, target)
         ro = tmp_path / "ro"

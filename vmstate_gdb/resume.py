@@ -91,8 +91,10 @@ def resume_argv(
         if mac_changes:
             for old, new in mac_changes.items():
                 a = re.sub(f"mac={re.escape(old)}", f"mac={new}", a, flags=re.IGNORECASE)
-        if kind == "qcow2" and original_image:
-            a = a.replace(f"file={original_image}", f"file={snapshot_path}")
+        if kind == "qcow2":
+            # the image the command line named (the meta may have been copied with the image)
+            for image in {original_image, meta.get("path")} - {None}:
+                a = a.replace(f"file={image},", f"file={os.path.abspath(snapshot_path)},")
         out.append(a)
     # The console and the monitor share stdio (Ctrl-a c switches), so the user can `cont`:
     # -nographic without -nodefaults does that already; anything else needs it said.

@@ -147,6 +147,15 @@ class Snapshot:
                             setattr(cpu, attr, value)
             cpus.append(cpu)
         cpus.sort(key=lambda c: c.index)
+        if [c.index for c in cpus] != list(range(len(cpus))):
+            # QEMU numbers the cpu sections by cpu_index, 0..N-1; anything else is corruption
+            bad = next(c for i, c in enumerate(cpus) if c.index != i)
+            sec = self.index.find("cpu", bad.index)
+            raise FormatError(
+                f"cpu section with instance id {bad.index:#x}: vCPUs must be numbered 0..{len(cpus) - 1}",
+                self.path,
+                self.source.file_offset(sec.header_offset) if sec else None,
+            )
         return cpus
 
     def cpu(self, index: int) -> X86Cpu:

@@ -151,12 +151,24 @@ class DeviceTree:
                 size * count,
                 count=count,
                 element_size=size,
-                make_element=lambda i, p, off, f=f: self._element(f, f"[{i}]", p, off),
+                make_element=lambda i, p, off, f=f, limit=self._limit: self._lazy_element(
+                    f, i, p, off, limit
+                ),
             )
+            if count and f["type"] in ("struct", "vstruct", "tmp"):
+                node.element(0)  # elements share one layout: a lie in it shows now, not on first use
         else:
             node = self._element(f, name, path, pos)
         group.members.append(node)
         return pos + size * count
+
+    def _lazy_element(self, f: dict, i: int, path: str, pos: int, limit: int) -> Node:
+        """An array element made on first use, checked against its own section's size."""
+        outer, self._limit = self._limit, limit
+        try:
+            return self._element(f, f"[{i}]", path, pos)
+        finally:
+            self._limit = outer
 
     def _element(self, f: dict, name: str, path: str, pos: int) -> Node:
         kind = f["type"]

@@ -91,7 +91,7 @@ def cmd_core(args) -> int:
         elapsed = time.monotonic() - t0
         total = sum(r.size for r, _ in result.layout.range_offsets)
         print(result.summary())
-        if not args.virtual:
+        if not args.virtual and not args.quiet:
             print(
                 "note: segments are at guest-physical addresses; for gdb with a kernel's symbols, "
                 "write the core with --virtual"

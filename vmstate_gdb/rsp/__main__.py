@@ -69,6 +69,8 @@ def run(args) -> int:
         _die_with_parent(args.parent_pid)
     try:
         snap = open_snapshot(args.snap, snapshot=args.snapshot)
+        if not snap.cpus:  # decoded now, so a corrupt vCPU is this one clear line, not a crash later
+            snap.cpu(0)
     except VmstateError as e:
         print(f"error: {e}", flush=True)
         return 1

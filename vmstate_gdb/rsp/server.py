@@ -389,9 +389,9 @@ class SnapshotServer:
             limit = (lo & 0xFFFF) | (hi & 0xF0000)
             if hi & (1 << 23):
                 limit = limit << 12 | 0xFFF
-            # QEMU keeps the descriptor's whole high dword as the cache's flags (helper_load_seg
-            # in target/i386/tcg/seg_helper.c), with the accessed bit it sets on a load.
-            flags = hi | (1 << 8) if hi & (1 << 12) else hi
+            # QEMU's gdbstub keeps the descriptor's whole high dword as the cache's flags
+            # (x86_cpu_gdb_load_seg in target/i386/gdbstub.c), accessed bit as it is.
+            flags = hi
         for field, value in (("selector", selector), ("base", base), ("limit", limit), ("flags", flags)):
             self.snap.set_register(cpu.index, f"{name}.{field}", value)
 

@@ -29,6 +29,8 @@ class SaveResult:
 def check_output_path(snap: Snapshot, out: str) -> None:
     """Refuse to write over the input, also through a symlink or a hard link."""
     src = snap.path
+    if os.path.realpath(out) == os.path.realpath(src + ".meta.json"):
+        raise SaveError("that is the input's .meta.json (its QEMU command line); choose another file", out)
     if os.path.realpath(out) == os.path.realpath(src):
         raise SaveError("refusing to overwrite the input snapshot; choose another output file", out)
     try:

@@ -14,7 +14,7 @@ import os
 import tempfile
 
 from ..containers.qcow2 import OFFSET_MASK, REFT_OFFSET_MASK, Qcow2Image
-from ..errors import SaveError, UnsupportedError
+from ..errors import FormatError, SaveError, UnsupportedError
 from ..snapshot import Snapshot
 from .emit import AtomicOutput, copy_range
 from .plan import Plan
@@ -46,7 +46,10 @@ class _ImageWriter:
         t_idx, b_idx = cluster >> block_bits, cluster & ((1 << block_bits) - 1)
         if t_idx >= img.refcount_table_clusters * self.cs // 8:
             raise UnsupportedError(
-                "the qcow2 refcount table is full; save with --format stream instead", self.out
+                f"its refcount table does not cover cluster {cluster:#x} (full, or the header is corrupt); "
+                "save with --format stream instead",
+                img.path,
+                48,
             )
         t_off = img.refcount_table_offset + 8 * t_idx
         block = self._u64(t_off) & REFT_OFFSET_MASK
@@ -121,10 +124,17 @@ class _ImageWriter:
         if l1_index >= img.l1_size:
             return
         at = img.l1_table_offset + 8 * l1_index
+        size = img.file.size
+        if img.l1_table_offset % self.cs or at + 8 > size:
+            raise FormatError(
+                f"the active L1 table at {img.l1_table_offset:#x} is outside the file", img.path, 40
+            )
         l1e = self._u64(at)
         l2 = l1e & OFFSET_MASK
         if not l2:
             return
+        if l2 % self.cs or l2 + self.cs > size:
+            raise FormatError(f"active L1 entry {l1_index} points outside the file ({l2:#x})", img.path, at)
         self._set_copied(at, l1e, self.refcount(l2 // self.cs) == 1)
         table = os.pread(self.fd, self.cs, l2)
         for k in range(0, self.cs, img.l2_entry_size):
