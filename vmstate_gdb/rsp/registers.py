@@ -35,6 +35,20 @@ GDB_GPRS = (
     "r15",
 )
 SELECTORS = ("cs", "ss", "ds", "es", "fs", "gs")
+# gdb register -> CPU_FIELDS name, for the registers that are one stored field as they are
+SIMPLE_FIELDS = {
+    "fs_base": "fs.base",
+    "gs_base": "gs.base",
+    "k_gs_base": "kernel_gs_base",
+    "cr0": "cr0",
+    "cr2": "cr2",
+    "cr3": "cr3",
+    "cr4": "cr4",
+    "efer": "efer",
+    "fctrl": "fpuc",
+    "fstat": "fpus",
+    "mxcsr": "mxcsr",
+}
 X87_CONTROL = ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")
 
 
@@ -283,21 +297,8 @@ def read_register(cpu: X86Cpu, reg: Register) -> int:
         return cpu["eflags"] & 0xFFFFFFFF
     if name in SELECTORS:
         return cpu[f"{name}.selector"]
-    simple = {
-        "fs_base": "fs.base",
-        "gs_base": "gs.base",
-        "k_gs_base": "kernel_gs_base",
-        "cr0": "cr0",
-        "cr2": "cr2",
-        "cr3": "cr3",
-        "cr4": "cr4",
-        "efer": "efer",
-        "fctrl": "fpuc",
-        "fstat": "fpus",
-        "mxcsr": "mxcsr",
-    }
-    if name in simple:
-        return cpu[simple[name]]
+    if name in SIMPLE_FIELDS:
+        return cpu[SIMPLE_FIELDS[name]]
     if name == "cr8":
         return cpu.cr8
     if name.startswith("st"):
@@ -334,22 +335,10 @@ def fields_for_write(cpu: X86Cpu, reg: Register, value: int) -> list[tuple[str, 
         return [(name, value & 0xFFFFFFFF)]
     if name == "rip":
         return [("rip", value if long_mode else value & 0xFFFFFFFF)]
-    simple = {
-        "eflags": "eflags",
-        "fs_base": "fs.base",
-        "gs_base": "gs.base",
-        "k_gs_base": "kernel_gs_base",
-        "cr0": "cr0",
-        "cr2": "cr2",
-        "cr3": "cr3",
-        "cr4": "cr4",
-        "efer": "efer",
-        "fctrl": "fpuc",
-        "fstat": "fpus",
-        "mxcsr": "mxcsr",
-    }
-    if name in simple:
-        return [(simple[name], value)]
+    if name == "eflags":
+        return [("eflags", value)]
+    if name in SIMPLE_FIELDS:
+        return [(SIMPLE_FIELDS[name], value)]
     if name.startswith("st"):
         r = st_physical(cpu, int(name[2:]))
         return [(f"fpr{r}.mant", value & (1 << 64) - 1), (f"fpr{r}.exp", value >> 64 & 0xFFFF)]
