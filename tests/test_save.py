@@ -229,3 +229,38 @@ def test_qcow2_vmstate_grows_into_new_l2_tables(qemu_vm, tmp_path):
     assert "0x67 0x72 0x6f 0x77 0x6e 0x20 0x37 0x36" in resumed.hmp(f"xp /8xb {0x1000000 + 767 * 4096:#x}")
     resumed.qmp("cont")
     assert resumed.wait_for_ticks(1)[-1].n > before.n
+
+
+def test_fragmented_qcow2_vmstate_saves_both_ways(qemu_vm, tmp_path):
+    """512-byte clusters scatter the vmstate over dozens of extents (no single view of it): the
+    edited qcow2 passes qemu-img check and loadvm runs on with the edit; the stream form opens."""
+    from vmstate_gdb.harness import GuestConfig
+    from vmstate_gdb.harness import Nic as HNic
+
+    config = GuestConfig("small", "pc", 1, 128, (HNic("e1000", "52:54:00:12:34:56"),), disk_mib=64)
+    disk = tmp_path / "tiny-clusters.qcow2"
+    subprocess.run(
+        [config.binaries.img, "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", str(disk), "64M"],
+        check=True,
+    )
+    vm = qemu_vm(config, disk=str(disk))
+    vm.wait_ready()
+    vm.wait_for_ticks(2)
+    vm.qmp("stop")
+    assert "rror" not in vm.hmp("savevm frag")
+    vm.qmp("quit")
+    vm.close()
+    out, stream = str(tmp_path / "frag.qcow2"), str(tmp_path / "frag.vmstate")
+    with Snapshot.open(str(disk), snapshot="frag") as snap:
+        assert snap.source.view() is None and len(snap.source.extents) > 10
+        snap.set_register(0, "r12", 0xF4A6)
+        save(snap, out)
+        save(snap, stream, fmt="stream")
+    check = subprocess.run([config.binaries.img, "check", out], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with Snapshot.open(stream) as again:
+        assert again.cpus[0]["r12"] == 0xF4A6
+    resumed = qemu_vm(config, disk=out, paused=True, name="frag")
+    assert "rror" not in resumed.hmp("loadvm frag")
+    resumed.qmp("cont")
+    assert resumed.wait_for_ticks(1)[-1].r12 == 0xF4A6

@@ -14,7 +14,6 @@ mappings of a page share its bytes), and ``p_paddr`` still names the guest-physi
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -353,15 +352,15 @@ def write_core(
     progress: Callable[[int, int], None] | None = None,
 ) -> CoreResult:
     from ..writer import check_output_path
+    from ..writer.emit import AtomicOutput
 
     check_output_path(snap, out)
     layout = plan_core(snap, virtual, cpu_index)
-    tmp = out + ".part"
     data_pages = zero_pages = 0
     total = sum(r.size for r, _ in layout.range_offsets)
     done = 0
     try:
-        with open(tmp, "wb") as f:
+        with AtomicOutput(out) as f:
             f.write(_headers(layout))
             f.write(layout.notes)
             for r, offset in layout.range_offsets:
@@ -376,23 +375,11 @@ def write_core(
                     if progress and not done % (64 << 20):
                         progress(done, total)
             f.truncate(layout.size)
-        os.replace(tmp, out)
     except OSError as e:
-        _unlink(tmp)
         raise SaveError(f"cannot write: {e.strerror or e}", out) from None
-    except BaseException:
-        _unlink(tmp)
-        raise
     if progress:
         progress(total, total)
     return CoreResult(out, layout, data_pages, zero_pages)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _range_pages(snap: Snapshot, r: PhysicalRange) -> Iterator[tuple[int, bytes | None]]:

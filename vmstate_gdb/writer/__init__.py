@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import SaveError, VmstateError
 from ..snapshot import Snapshot
+from . import emit
 from .emit import AtomicOutput, write_stream
 from .plan import Plan, make_plan
 
@@ -73,61 +74,35 @@ def save(
 
 
 def _save_stream(snap: Snapshot, plan: Plan, out: str, progress, keep_prefix: bool) -> int:
-    """The file's bytes before the stream (a libvirt header) are kept unless the input is a qcow2
-    image, whose vmstate becomes a standalone stream."""
-    source = snap.source
-    stream_size = source.size
     try:
-        with open(source.path, "rb") as src, AtomicOutput(out) as dst:
-            if source.view() is not None:
-                base = source.file_offset(0)
-                size = write_stream(
-                    src.fileno(),
-                    lambda off: base + off,
-                    stream_size,
-                    base if keep_prefix else 0,
-                    plan.patches,
-                    plan.insert_at,
-                    plan.inserted,
-                    dst,
-                    progress,
-                )
-            else:
-                size = _write_fragmented(snap, plan, dst, progress)
-        return size
+        with AtomicOutput(out) as dst:
+            return write_edited_stream(snap, plan, dst, progress, keep_prefix)
     except VmstateError:
         raise
     except OSError as e:
         raise SaveError(f"cannot write: {e.strerror or e}", out) from None
 
 
-def _write_fragmented(snap: Snapshot, plan: Plan, dst, progress) -> int:
-    """A qcow2 vmstate in several extents: stream it through memory in chunks."""
+def write_edited_stream(snap: Snapshot, plan: Plan, dst, progress=None, keep_prefix: bool = False) -> int:
+    """The input's stream with the plan applied, to ``dst``. The file's bytes before the stream
+    (a libvirt header) are kept with ``keep_prefix``; a qcow2 vmstate becomes a standalone stream."""
     source = snap.source
-    events = sorted(
-        [(o, 1, d) for o, d in plan.patches]
-        + ([(plan.insert_at, 0, plan.inserted)] if plan.insert_at is not None else []),
-        key=lambda e: (e[0], e[1]),
-    )
-    pos = written = 0
-    total = source.size + plan.size_delta
-    chunk = 16 << 20
+    with open(source.path, "rb") as src:
+        fd = src.fileno()
+        prefix = 0
+        if source.view() is not None:  # contiguous in the file: copied in the kernel
+            base = source.file_offset(0)
+            if keep_prefix and base:
+                emit.copy_range(fd, dst, 0, base)
+                prefix = base
 
-    def copy(upto: int) -> None:
-        nonlocal pos, written
-        while pos < upto:
-            n = min(chunk, upto - pos)
-            dst.write(source.read(pos, n))
-            pos += n
-            written += n
-            if progress:
-                progress(written, total)
+            def copy(offset: int, length: int) -> None:
+                emit.copy_range(fd, dst, base + offset, length)
+        else:
 
-    for off, kind, data in events:
-        copy(off)
-        dst.write(data)
-        written += len(data)
-        if kind == 1:
-            pos += len(data)
-    copy(source.size)
-    return written
+            def copy(offset: int, length: int) -> None:
+                dst.write(source.read(offset, length))
+
+        return prefix + write_stream(
+            copy, source.size, plan.patches, plan.insert_at, plan.inserted, dst, progress
+        )

@@ -89,45 +89,45 @@ def copy_range(
 
 
 def write_stream(
-    src_fd: int,
-    stream_to_file: Callable[[int], int],
+    copy: Callable[[int, int], None],
     stream_size: int,
-    prefix_end: int,
     patches: list[tuple[int, bytes]],
     insert_at: int | None,
     inserted: bytes,
     dst,
     progress: Progress | None = None,
 ) -> int:
-    """Write [file prefix][stream with patches and one insertion]; returns bytes written.
+    """Write the stream with its patches and one insertion to ``dst``; returns bytes written.
 
-    ``stream_to_file`` maps stream offsets to file offsets of the source (contiguous sources only;
-    fragmented ones go through a temporary stream file first). ``prefix_end`` is the file offset
-    where the stream begins (a libvirt header, or ``file:...,offset=N`` padding, is copied as is).
+    ``copy(offset, length)`` appends the source's stream bytes [offset, offset+length) to ``dst``
+    (in the kernel for a contiguous file, in chunks for a fragmented qcow2 vmstate).
     """
-    total = prefix_end + stream_size + len(inserted)
-    if prefix_end:
-        copy_range(src_fd, dst, 0, prefix_end, progress, 0, total)
+    total = stream_size + len(inserted)
     events: list[tuple[int, int, bytes]] = [(off, 1, data) for off, data in patches]
     if insert_at is not None:
         events.append((insert_at, 0, inserted))  # insertion sorts before a patch at the same offset
     events.sort(key=lambda e: (e[0], e[1]))
-    pos = 0
-    written = prefix_end
+    pos = written = 0
+
+    def copy_upto(end: int) -> None:
+        nonlocal pos, written
+        while pos < end:
+            n = min(_CHUNK, end - pos)
+            copy(pos, n)
+            pos += n
+            written += n
+            if progress:
+                progress(written, total)
+
     for off, kind, data in events:
         if off < pos:
             raise SaveError(f"overlapping edits at stream offset {off:#x}")
-        if off > pos:
-            copy_range(src_fd, dst, stream_to_file(pos), off - pos, progress, written, total)
-            written += off - pos
-            pos = off
+        copy_upto(off)
         dst.write(data)
         written += len(data)
         if kind == 1:
             pos += len(data)
-    if pos < stream_size:
-        copy_range(src_fd, dst, stream_to_file(pos), stream_size - pos, progress, written, total)
-        written += stream_size - pos
+    copy_upto(stream_size)
     if progress:
         progress(total, total)
     return written

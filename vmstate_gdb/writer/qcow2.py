@@ -183,9 +183,9 @@ def save_qcow2(snap: Snapshot, plan: Plan, out: str, new_name: str | None, progr
         w = _ImageWriter(dst.fileno(), image, out)
         if first_change is not None:
             with tempfile.TemporaryFile(dir=out_dir) as tmp:
-                from . import _write_fragmented
+                from . import write_edited_stream
 
-                _write_fragmented(snap, plan, tmp, None)
+                write_edited_stream(snap, plan, tmp)
                 tmp.flush()
                 _rewrite_vmstate(
                     w, image, info, image.vm_state_offset(info), tmp.fileno(), first_change, stream_size
