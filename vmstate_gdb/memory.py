@@ -193,12 +193,13 @@ def _search_block(ram: GuestRam, r: PhysicalRange, lo: int, hi: int, pattern: by
 
 
 class VirtualMemory:
-    """A vCPU's virtual address space, translated page by page through its own page tables."""
+    """A vCPU's virtual address space, translated page by page through its own page tables (or
+    through the tables at physical ``root``, in that vCPU's paging mode)."""
 
-    def __init__(self, physical: PhysicalMemory, cpu: X86Cpu):
+    def __init__(self, physical: PhysicalMemory, cpu: X86Cpu, root: int | None = None):
         self.physical = physical
         self.cpu = cpu
-        self.walker = PageWalker(cpu, physical.read)
+        self.walker = PageWalker(cpu, physical.read, root)
 
     def translate(self, vaddr: int) -> Translation:
         return self.walker.translate(vaddr)

@@ -190,8 +190,10 @@ class Snapshot:
 
     # -- memory ---------------------------------------------------------------------------------
 
-    def virtual(self, cpu_index: int = 0) -> VirtualMemory:
-        return VirtualMemory(self.physical, self.cpu(cpu_index))
+    def virtual(self, cpu_index: int = 0, root: int | None = None) -> VirtualMemory:
+        """The vCPU's virtual address space; with ``root``, the page tables at that physical address
+        walked in the vCPU's paging mode (a guest process's address space)."""
+        return VirtualMemory(self.physical, self.cpu(cpu_index), root)
 
     # -- devices --------------------------------------------------------------------------------
 

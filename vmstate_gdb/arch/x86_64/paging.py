@@ -40,13 +40,16 @@ class Translation:
 
 
 class PageWalker:
-    """Translate for one vCPU; the page-table pages are read through ``read_physical``."""
+    """Translate for one vCPU; the page-table pages are read through ``read_physical``.
 
-    def __init__(self, cpu: X86Cpu, read_physical: ReadPhysical):
+    ``root`` replaces the vCPU's CR3 (same paging mode): the tables of another address space, such
+    as a guest process whose page tables the OS layer found."""
+
+    def __init__(self, cpu: X86Cpu, read_physical: ReadPhysical, root: int | None = None):
         self.cpu = cpu
         self.read = read_physical
         self.mode = cpu.paging_mode
-        self.cr3 = cpu["cr3"]
+        self.cr3 = cpu["cr3"] if root is None else root
 
     def _entry(self, address: int, width: int) -> int:
         try:
