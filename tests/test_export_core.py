@@ -15,16 +15,14 @@ from elftools.elf.elffile import ELFFile
 from guestinfo import HIGHER_HALF, LINUX_MAP, ROOT, SMALL_ELF, linux_symbols, small_symbols
 
 from vmstate_gdb.arch.x86_64.cpu import CPU_FIELDS, X86Cpu
-from vmstate_gdb.export.elfcore import (
+from vmstate_gdb.arch.x86_64.elfnotes import (
     PRSTATUS_REGS_OFFSET,
     PRSTATUS_SIZE,
     USER_REGS,
-    make_note,
     prstatus_note,
     qemu_cpustate_note,
-    read_core_notes,
-    write_core,
 )
+from vmstate_gdb.export.elfcore import make_note, read_core_notes, write_core
 from vmstate_gdb.snapshot import Snapshot
 
 GDB = shutil.which("gdb") or "/usr/bin/gdb"

@@ -10,15 +10,9 @@ import sys
 import pytest
 from guestinfo import HIGHER_HALF, small_symbols
 
+from vmstate_gdb.arch.x86_64.elfnotes import PRSTATUS_REGS_OFFSET, USER_REGS
 from vmstate_gdb.errors import VmstateError
-from vmstate_gdb.export.elfcore import (
-    NHDR,
-    NT_PRSTATUS,
-    PRSTATUS_REGS_OFFSET,
-    USER_REGS,
-    read_core_segments,
-    write_core,
-)
+from vmstate_gdb.export.elfcore import NHDR, NT_PRSTATUS, read_core_segments, write_core
 from vmstate_gdb.export.inject import inject_core
 from vmstate_gdb.snapshot import Snapshot
 

@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
+from vmstate_gdb.arch.x86_64 import gdb as regs
 from vmstate_gdb.harness.state import split_cpus
-from vmstate_gdb.rsp import registers as regs
 from vmstate_gdb.rsp.protocol import checksum, escape_binary, frame, unescape_binary
 from vmstate_gdb.rsp.server import SnapshotServer
 from vmstate_gdb.snapshot import Snapshot

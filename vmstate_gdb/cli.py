@@ -54,27 +54,26 @@ def _emit(args, data, text: str) -> None:
 
 
 def cmd_info(args) -> int:
-    from .arch.x86_64.disasm import disassemble_at
+    from .export.disas import instruction_at
 
     with _open(args) as snap:
         data = snap.describe()
         cpus = []
         for cpu in snap.cpus:
-            read = _linear_reader(snap, cpu)
             try:
-                insn = disassemble_at(read, cpu, count=1)
-                at_rip = insn[0].text if insn else "(no instruction decoded)"
+                insn = instruction_at(snap, cpu.index)
+                at_pc = insn.text if insn else "(no instruction decoded)"
             except VmstateError as e:
-                at_rip = f"(unreadable: {e.message})"
+                at_pc = f"(unreadable: {e.message})"
             cpus.append(
                 {
                     "index": cpu.index,
                     "mode": cpu.cpu_mode,
                     "paging": cpu.paging_mode,
-                    "rip": cpu["rip"],
-                    "cr3": cpu["cr3"],
+                    "pc": cpu.pc,
+                    **snap.arch.summary_registers(cpu),
                     "halted": cpu.halted,
-                    "instruction": at_rip,
+                    "instruction": at_pc,
                 }
             )
         nics = [n.describe() for n in snap.nics()]
@@ -82,6 +81,7 @@ def cmd_info(args) -> int:
         lines = [
             f"{snap.path}: QEMU snapshot ({data['container']['kind']})",
             f"  machine type  {data['machine_type'] or '(none recorded)'}",
+            f"  architecture  {data['architecture']}",
             f"  page size     {data['page_size']}",
             f"  features      {', '.join(data['capabilities']) or 'plain stream'}"
             f"{'; ' + ', '.join(data['commands']) if data['commands'] else ''}"
@@ -99,10 +99,11 @@ def cmd_info(args) -> int:
                 f"{r['block']}+{r['block_offset']:#x} ({r['kind']})"
             )
         lines.append(f"  vCPUs         {len(cpus)}")
-        for c in cpus:
+        for cpu, c in zip(snap.cpus, cpus, strict=True):
+            regs = " ".join(f"{k}={v:#x}" for k, v in snap.arch.summary_registers(cpu).items())
             lines.append(
-                f"    cpu{c['index']}: {c['mode']:<11} paging {c['paging']:<8} rip={c['rip']:#x} "
-                f"cr3={c['cr3']:#x}{' halted' if c['halted'] else ''}  {c['instruction']}"
+                f"    cpu{c['index']}: {c['mode']:<11} paging {c['paging']:<8} {regs}"
+                f"{' halted' if c['halted'] else ''}  {c['instruction']}"
             )
         lines.append(f"  devices       {len(data['devices'])}")
         for n in nics:
@@ -119,12 +120,6 @@ def _human(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def _linear_reader(snap: Snapshot, cpu):
-    if cpu.paging_mode == "none":
-        return snap.physical.read
-    return snap.virtual(cpu.index).read
 
 
 # -- devices ----------------------------------------------------------------------------------
@@ -237,15 +232,16 @@ def cmd_translate(args) -> int:
             "physical": t.physical,
             "page_size": t.page_size,
             "mode": cpu.paging_mode,
-            "cr3": cpu["cr3"],
+            **snap.arch.page_table_roots(cpu),
             "steps": [
                 {"level": s.level, "index": s.index, "entry_address": s.entry_address, "entry": s.entry}
                 for s in t.steps
             ],
         }
+        roots = ", ".join(f"{k}={v:#x}" for k, v in snap.arch.page_table_roots(cpu).items())
         lines = [
             f"{t.virtual:#x} -> physical {t.physical:#x} ({_human(t.page_size)} page, {cpu.paging_mode}, "
-            f"cr3={cpu['cr3']:#x})"
+            f"{roots})"
         ]
         for s in t.steps:
             lines.append(f"  {s.level:<5} [{s.index:3d}] @ {s.entry_address:#x} = {s.entry:#018x}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 
-from .arch.x86_64.cpu import X86Cpu
-from .arch.x86_64.paging import PageWalker, Translation
+from .arch import Cpu, PageWalker
+from .arch.paging import Translation
 from .edits import EditOverlay
 from .errors import AddressError
 from .machine import MachineLayout, PhysicalRange
@@ -196,10 +196,10 @@ class VirtualMemory:
     """A vCPU's virtual address space, translated page by page through its own page tables (or
     through the tables at physical ``root``, in that vCPU's paging mode)."""
 
-    def __init__(self, physical: PhysicalMemory, cpu: X86Cpu, root: int | None = None):
+    def __init__(self, physical: PhysicalMemory, cpu: Cpu, walker: PageWalker):
         self.physical = physical
         self.cpu = cpu
-        self.walker = PageWalker(cpu, physical.read, root)
+        self.walker = walker
 
     def translate(self, vaddr: int) -> Translation:
         return self.walker.translate(vaddr)

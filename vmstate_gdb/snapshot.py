@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .arch.x86_64.cpu import CPU_FIELDS, X86Cpu, compute_hflags, decode_cpu
+from .arch import Architecture, Cpu, architecture_for
 from .containers import StreamSource, open_source
-from .devices import (
-    cpu_layout,  # noqa: F401  (registers the x86 cpu decoder for streams without JSON)
-    virtio,  # noqa: F401  (registers the virtio blob decoder)
-)
 from .devices import nics as nic_knowledge
+from .devices import virtio  # noqa: F401  (registers the virtio blob decoder)
 from .devices.fields import not_a_value
 from .devices.tree import DeviceTree
 from .edits import EditOverlay
@@ -24,11 +21,6 @@ from .memory import GuestRam, PhysicalMemory, VirtualMemory
 from .stream.index import StreamIndex, index_stream
 
 Progress = Callable[[int, int], None]
-
-# Registers whose change must be reflected in TCG's derived hflags (see compute_hflags).
-_HFLAGS_INPUTS = {"cr0", "cr4", "efer", "eflags"} | {
-    f"{s}.{p}" for s in ("cs", "ss", "ds", "es") for p in ("flags", "base")
-}
 
 
 class _SourceBuffer:
@@ -54,12 +46,14 @@ class Snapshot:
         self.index = index
         self.buf = buf
         self.edits = EditOverlay()
+        #: the guest architecture, chosen from the stream (cpu sections, machine type)
+        self.arch: Architecture = architecture_for(index)
         self.devices = DeviceTree(index, self.read_stream)
         blocks = {name: b.used_length for name, b in index.ram.blocks.items()}
         self.layout: MachineLayout = layout_for(index.machine_type, blocks, max_ram_below_4g)
         self.ram = GuestRam(index.ram.blocks, buf, self.edits)
         self.physical = PhysicalMemory(self.ram, self.layout)
-        self._cpus: list[X86Cpu] | None = None
+        self._cpus: list[Cpu] | None = None
         self._cpus_generation = -1
 
     @classmethod
@@ -119,33 +113,14 @@ class Snapshot:
     # -- vCPUs ----------------------------------------------------------------------------------
 
     @property
-    def cpus(self) -> list[X86Cpu]:
+    def cpus(self) -> list[Cpu]:
         if self._cpus is None or self._cpus_generation != self.edits.patch_generation:
             self._cpus = self._decode_cpus()
             self._cpus_generation = self.edits.patch_generation
         return self._cpus
 
-    def _decode_cpus(self) -> list[X86Cpu]:
-        cpus = []
-        for sec in self.index.devices:
-            if sec.idstr != "cpu":
-                continue
-            body = self.read_stream(sec.body_offset, sec.body_size)
-            cpu = decode_cpu(sec.instance_id, body, sec.body_offset, self.path)
-            common = self.index.find("cpu_common", sec.instance_id)
-            if common is not None and common.body_size >= 4:
-                cpu.halted = bool(int.from_bytes(self.read_stream(common.body_offset, 4), "big"))
-            apic = self.devices.device(f"apic[{sec.instance_id}]") or (
-                self.devices.device("apic") if sec.instance_id == 0 else None
-            )
-            if apic is not None:
-                for name, attr in (("tpr", "apic_tpr"), ("apicbase", "apic_base")):
-                    node = apic.root.child(name)
-                    if node is not None and node.is_leaf:
-                        value = node.value(self.read_stream)  # type: ignore[attr-defined]
-                        if isinstance(value, int):
-                            setattr(cpu, attr, value)
-            cpus.append(cpu)
+    def _decode_cpus(self) -> list[Cpu]:
+        cpus = self.arch.decode_cpus(self)
         cpus.sort(key=lambda c: c.index)
         if [c.index for c in cpus] != list(range(len(cpus))):
             # QEMU numbers the cpu sections by cpu_index, 0..N-1; anything else is corruption
@@ -158,34 +133,28 @@ class Snapshot:
             )
         return cpus
 
-    def cpu(self, index: int) -> X86Cpu:
+    def cpu(self, index: int) -> Cpu:
         for c in self.cpus:
             if c.index == index:
                 return c
         if not self.cpus:
-            raise FormatError("no vCPU state: the snapshot has no x86_64 'cpu' section", self.path)
+            raise FormatError(f"no vCPU state: the snapshot has no {self.arch.name} 'cpu' section", self.path)
         raise EditError(f"no vCPU {index}: this snapshot has vCPUs 0..{len(self.cpus) - 1}")
 
     def set_register(self, cpu_index: int, name: str, value: int) -> list[str]:
         """Change a vCPU register in the overlay; returns the fields written (hflags included)."""
         cpu = self.cpu(cpu_index)
-        if name not in CPU_FIELDS:
-            raise EditError(
-                f"unknown register {name!r} (known: rax..r15, rip, eflags, cr0, cr3, efer, "
-                "fs.base, cs.selector, xmm0.lo, ...)"
-            )
-        offset, size = cpu.field_offset(name)
-        if not 0 <= value < 1 << (8 * size):
-            raise EditError(f"value {value:#x} does not fit register {name} ({8 * size} bits)")
-        self.edits.patch(offset, value.to_bytes(size, "big"), f"cpu[{cpu_index}] {name}")
+        if name not in cpu.values:
+            raise EditError(f"unknown register {name!r} (known: {self.arch.register_examples})")
         written = [name]
-        if name in _HFLAGS_INPUTS:
-            values = dict(cpu.values, **{name: value})
-            hflags = compute_hflags(values, cpu["hflags"])
-            if hflags != cpu["hflags"]:
-                off, hsize = cpu.field_offset("hflags")
-                self.edits.patch(off, hflags.to_bytes(hsize, "big"), f"cpu[{cpu_index}] hflags (derived)")
-                written.append("hflags")
+        for field, field_value in [(name, value), *self.arch.derived_writes(cpu, name, value)]:
+            offset, size = cpu.field_offset(field)
+            if not 0 <= field_value < 1 << (8 * size):
+                raise EditError(f"value {field_value:#x} does not fit register {field} ({8 * size} bits)")
+            what = f"cpu[{cpu_index}] {field}" + (" (derived)" if field != name else "")
+            self.edits.patch(offset, field_value.to_bytes(size, "big"), what)
+            if field != name:
+                written.append(field)
         return written
 
     # -- memory ---------------------------------------------------------------------------------
@@ -193,7 +162,8 @@ class Snapshot:
     def virtual(self, cpu_index: int = 0, root: int | None = None) -> VirtualMemory:
         """The vCPU's virtual address space; with ``root``, the page tables at that physical address
         walked in the vCPU's paging mode (a guest process's address space)."""
-        return VirtualMemory(self.physical, self.cpu(cpu_index), root)
+        cpu = self.cpu(cpu_index)
+        return VirtualMemory(self.physical, cpu, self.arch.page_walker(cpu, self.physical.read, root))
 
     # -- devices --------------------------------------------------------------------------------
 
@@ -229,6 +199,7 @@ class Snapshot:
             "path": self.path,
             "container": self.source.describe(),
             "machine_type": idx.machine_type,
+            "architecture": self.arch.name,
             "page_size": idx.page_size,
             "capabilities": idx.capabilities,
             "commands": [c.name for c in idx.commands],

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import xmltodict
 
-from ..arch.x86_64.cpu import CPU_MAIN_BODY_SIZE
 from ..devices.fields import Array, Group, Leaf, Node
 from ..devices.format import looks_like_mac
 from ..devices.nics import format_mac, parse_mac
@@ -460,25 +459,27 @@ def import_devices(snap: Snapshot, path: str) -> ImportResult:
 
 
 def _rederive_hflags(snap: Snapshot, changes: list[FieldChange]) -> None:
-    """TCG's hflags must follow CR0/CR4/EFER/EFLAGS/segments (see Snapshot.set_register); edits of
-    those through the cpu section's fields get the same treatment, unless hflags was edited too."""
-    from ..arch.x86_64.cpu import compute_hflags
-
+    """State QEMU derives but does not recompute on load (x86 TCG's hflags from CR0/CR4/EFER/
+    EFLAGS/segments, see Snapshot.set_register) must follow edits made through the cpu section's
+    fields too, unless the derived field was edited as well."""
+    arch = snap.arch
     for cpu in snap.cpus:
-        start, end = cpu.body_offset, cpu.body_offset + CPU_MAIN_BODY_SIZE
+        start, end = arch.cpu_field_range(cpu)
         touched = [c for c in changes if start <= c.offset < end]
-        h_off, h_size = cpu.field_offset("hflags")
-        if not touched or any(c.offset == h_off for c in touched):
+        if not touched:
             continue
-        hflags = compute_hflags(cpu.values, cpu["hflags"])
-        if hflags != cpu["hflags"]:
-            snap.edits.patch(h_off, hflags.to_bytes(h_size, "big"), f"cpu[{cpu.index}] hflags (derived)")
+        for field, value in arch.rederive(cpu):
+            off, size = cpu.field_offset(field)
+            if any(c.offset == off for c in touched):
+                continue
+            old = cpu[field]
+            snap.edits.patch(off, value.to_bytes(size, "big"), f"cpu[{cpu.index}] {field} (derived)")
             changes.append(
                 FieldChange(
-                    f"cpu[{cpu.index}] hflags (derived)",
-                    h_off,
-                    hflags.to_bytes(h_size, "big"),
-                    f"{cpu['hflags']:#x}",
-                    f"{hflags:#x}",
+                    f"cpu[{cpu.index}] {field} (derived)",
+                    off,
+                    value.to_bytes(size, "big"),
+                    f"{old:#x}",
+                    f"{value:#x}",
                 )
             )

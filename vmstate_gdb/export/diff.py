@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..arch.x86_64.cpu import CPU_FIELDS
 from ..devices.fields import Array, Leaf, Node
 from ..snapshot import Snapshot
 from .devices_xml import encoding_of, format_bytes, format_int
@@ -148,8 +147,8 @@ def _diff_registers(a: Snapshot, b: Snapshot, out: SnapshotDiff) -> None:
         if cb is None:
             out.notes.append(f"vCPU {ca.index} only in {a.path}")
             continue
-        for name in CPU_FIELDS:
-            if ca[name] != cb[name]:
+        for name in a.arch.register_names(ca):
+            if name in cb.values and ca[name] != cb[name]:
                 out.registers.append({"cpu": ca.index, "register": name, "a": ca[name], "b": cb[name]})
     for cb in b.cpus:
         if cb.index not in {c.index for c in a.cpus}:

@@ -1,15 +1,17 @@
-"""A capstone listing of guest code in the vCPU's own mode (16, 32 or 64 bit), by default around rip.
+"""A capstone listing of guest code in the vCPU's own mode (x86: 16, 32 or 64 bit; aarch64: A64),
+by default around the program counter.
 
-x86 cannot be decoded backwards; the lines before rip come from the earliest start in the 32 bytes
-before it whose decoding lands exactly on rip (as gdb's `x/i $pc-N` users do by hand). They are
-marked as a guess by the caller's output when no such start is found.
+Variable-length code (x86) cannot be decoded backwards; the lines before pc come from the earliest
+start in the 32 bytes before it whose decoding lands exactly on pc (as gdb's `x/i $pc-N` users do
+by hand). They are marked as a guess by the caller's output when no such start is found. Fixed-width
+code (aarch64) is simply read from ``before`` instructions back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..arch.x86_64.disasm import Instruction, code_address, disassemble
+from ..arch import Architecture, Cpu, Instruction
 from ..errors import AddressError
 from ..snapshot import Snapshot
 
@@ -78,6 +80,18 @@ def _reader(snap: Snapshot, cpu_index: int, physical: bool):
     return read, "virtual"
 
 
+def instruction_at(snap: Snapshot, cpu_index: int) -> Instruction | None:
+    """The vCPU's next instruction (None when its bytes do not decode); AddressError when unreadable."""
+    cpu = snap.cpu(cpu_index)
+    read, space = _reader(snap, cpu_index, False)
+    address = snap.arch.code_address(cpu)
+    code = read(address, snap.arch.max_instruction_size)
+    if not code:
+        raise AddressError(f"{space} address {address:#x} is not readable on vCPU {cpu_index}", address)
+    insns = snap.arch.disassemble(code, address, cpu, 1)
+    return insns[0] if insns else None
+
+
 def listing(
     snap: Snapshot,
     address: int | None = None,
@@ -86,24 +100,30 @@ def listing(
     physical: bool = False,
     before: int | None = None,
 ) -> Listing:
+    arch = snap.arch
     cpu = snap.cpu(cpu_index)
     read, space = _reader(snap, cpu_index, physical)
-    rip = code_address(cpu)
+    pc = arch.code_address(cpu)
     if address is None:
-        address = rip
+        address = pc
         before = 3 if before is None else before
-    current = rip if not physical else None
+    current = pc if not physical else None
     instructions: list[Instruction] = []
     if before:
-        instructions = _lead_in(read, address, cpu.bits, before)
-    code = read(address, 16 * count)
+        instructions = _lead_in(arch, cpu, read, address, before)
+    code = read(address, arch.max_instruction_size * count)
     if not code and not instructions:
         raise AddressError(f"{space} address {address:#x} is not readable on vCPU {cpu_index}", address)
-    instructions += disassemble(code, address, cpu.bits, count)
+    instructions += arch.disassemble(code, address, cpu, count)
     return Listing(cpu_index, cpu.bits, space, current, instructions)
 
 
-def _lead_in(read, address: int, bits: int, want: int) -> list[Instruction]:
+def _lead_in(arch: Architecture, cpu: Cpu, read, address: int, want: int) -> list[Instruction]:
+    if arch.instruction_size:
+        back = arch.instruction_size * want
+        start = address - back
+        code = read(start, back) if start >= 0 else b""
+        return arch.disassemble(code, start, cpu, want) if len(code) == back else []
     for back in range(LOOKBACK, 0, -1):
         start = address - back
         if start < 0:
@@ -111,7 +131,7 @@ def _lead_in(read, address: int, bits: int, want: int) -> list[Instruction]:
         code = read(start, back)
         if len(code) < back:
             continue
-        insns = disassemble(code, start, bits, count=back)
+        insns = arch.disassemble(code, start, cpu, back)
         if insns and insns[-1].address + insns[-1].size == address:
             return insns[-want:]
     return []

@@ -1,8 +1,9 @@
 """An ELF64 core of the guest, laid out as QEMU's `dump-guest-memory` writes one (dump/dump.c).
 
 Layout: ELF header, program headers (PT_NOTE first, then one PT_LOAD per guest-physical RAM range),
-the notes (NT_PRSTATUS per vCPU, then QEMU's "QEMU" CPU-state note per vCPU, then the guest's
-VMCOREINFO note if it has one), then guest RAM, range after range, page aligned. Zero pages are holes,
+the notes (the architecture's per-vCPU notes in QEMU's order: NT_PRSTATUS per vCPU and QEMU's
+"QEMU" CPU-state note per vCPU on x86_64, NT_PRSTATUS + NT_PRFPREG per vCPU on aarch64; then the
+guest's VMCOREINFO note if it has one), then guest RAM, range after range, page aligned. Zero pages are holes,
 so the file is sparse; RAM is streamed page by page and never held in memory.
 
 Physical cores set ``p_vaddr = p_paddr``, as QEMU does since v4.0 (commit "dump: Set correct vaddr for
@@ -18,127 +19,24 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ..arch.x86_64.cpu import X86Cpu
+from ..arch.elfnote import NHDR, NT_PRSTATUS, make_note  # noqa: F401  (re-exported)
+from ..arch.elfnote import align as _align
 from ..errors import SaveError, UnsupportedError, VmstateError
 from ..machine import PhysicalRange
 from ..snapshot import Snapshot
 
 # include/elf.h
-ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE, EM_X86_64 = 2, 1, 1, 4, 62
+ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE = 2, 1, 1, 4
 PT_LOAD, PT_NOTE = 1, 4
-NT_PRSTATUS = 1
 PN_XNUM = 0xFFFF
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
-NHDR = struct.Struct("<III")
 
-# target/i386/arch_dump.c: x86_64_elf_prstatus is pad1[32], pid, pad2[76], user_regs, pad3[8].
-PRSTATUS_SIZE = 336
-PRSTATUS_PID_OFFSET = 32
-PRSTATUS_REGS_OFFSET = 112
-# x86_64_user_regs_struct, in order (Linux's struct user_regs_struct).
-USER_REGS = (
-    "r15",
-    "r14",
-    "r13",
-    "r12",
-    "rbp",
-    "rbx",
-    "r11",
-    "r10",
-    "r9",
-    "r8",
-    "rax",
-    "rcx",
-    "rdx",
-    "rsi",
-    "rdi",
-    "orig_rax",
-    "rip",
-    "cs",
-    "eflags",
-    "rsp",
-    "ss",
-    "fs_base",
-    "gs_base",
-    "ds",
-    "es",
-    "fs",
-    "gs",
-)
-# QEMUCPUState (arch_dump.c), QEMUCPUSTATE_VERSION 1; newer QEMU appends kernel_gs_base and
-# readers tell by the size field.
-QEMU_CPUSTATE_VERSION = 1
-QEMU_CPUSTATE_GPRS = (
-    "rax",
-    "rbx",
-    "rcx",
-    "rdx",
-    "rsi",
-    "rdi",
-    "rsp",
-    "rbp",
-    "r8",
-    "r9",
-    "r10",
-    "r11",
-    "r12",
-    "r13",
-    "r14",
-    "r15",
-    "rip",
-    "eflags",
-)
-QEMU_CPUSTATE_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr", "gdt", "idt")
 # hw/nvram/fw_cfg.h
 FW_CFG_VMCOREINFO_FORMAT_ELF = 1
 VMCOREINFO_NAME = b"VMCOREINFO"
 DATA_ALIGN = 4096
 MAX_ALIASES = 8  # virtual mappings kept per physical page in --virtual cores
-
-
-def _align(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
-def make_note(name: bytes, note_type: int, desc: bytes) -> bytes:
-    """One ELF note: header, NUL-terminated name and desc, each padded to 4 bytes (as QEMU does)."""
-    name_z = name + b"\0"
-    return (
-        NHDR.pack(len(name_z), len(desc), note_type)
-        + name_z.ljust(_align(len(name_z), 4), b"\0")
-        + desc.ljust(_align(len(desc), 4), b"\0")
-    )
-
-
-def user_regs(cpu: X86Cpu) -> dict[str, int]:
-    """The x86_64 user_regs_struct values QEMU puts in NT_PRSTATUS (orig_rax is always 0)."""
-    regs = {name: cpu[name] for name in USER_REGS if name in cpu.values}
-    regs.update(orig_rax=0, fs_base=cpu["fs.base"], gs_base=cpu["gs.base"])
-    for seg in ("cs", "ss", "ds", "es", "fs", "gs"):
-        regs[seg] = cpu[f"{seg}.selector"]
-    return regs
-
-
-def prstatus_note(cpu: X86Cpu) -> bytes:
-    desc = bytearray(PRSTATUS_SIZE)
-    # QEMU's cpu_index() is cpu->cpu_index + 1: thread ids 1..N, as gdb shows them.
-    struct.pack_into("<I", desc, PRSTATUS_PID_OFFSET, cpu.index + 1)
-    regs = user_regs(cpu)
-    struct.pack_into("<27Q", desc, PRSTATUS_REGS_OFFSET, *(regs[n] & (2**64 - 1) for n in USER_REGS))
-    return make_note(b"CORE", NT_PRSTATUS, bytes(desc))
-
-
-def qemu_cpustate_note(cpu: X86Cpu) -> bytes:
-    body = b"".join(struct.pack("<Q", cpu[n]) for n in QEMU_CPUSTATE_GPRS)
-    for seg in QEMU_CPUSTATE_SEGMENTS:
-        body += struct.pack(
-            "<IIIIQ", cpu[f"{seg}.selector"], cpu[f"{seg}.limit"], cpu[f"{seg}.flags"], 0, cpu[f"{seg}.base"]
-        )
-    body += struct.pack("<5Q", cpu["cr0"], 0, cpu["cr2"], cpu["cr3"], cpu["cr4"])
-    body += struct.pack("<Q", cpu["kernel_gs_base"])
-    desc = struct.pack("<II", QEMU_CPUSTATE_VERSION, 8 + len(body)) + body
-    return make_note(b"QEMU", 0, desc)
 
 
 # -- VMCOREINFO ---------------------------------------------------------------------------------
@@ -233,15 +131,16 @@ def virtual_runs(
     and the physical addresses run on. ``skipped[0]`` counts the aliases left out."""
     skipped = skipped if skipped is not None else [0]
     cpu = snap.cpu(cpu_index)
-    if cpu.paging_mode not in ("4-level", "5-level"):
+    walker = snap.virtual(cpu_index).walker
+    if cpu.paging_mode == "none" or not walker.enumerable:
         raise UnsupportedError(
-            f"--virtual needs 4- or 5-level paging; vCPU {cpu_index} has paging "
+            f"--virtual needs page tables that can be enumerated; vCPU {cpu_index} has paging "
             f"{cpu.paging_mode!r} (write a physical core instead)"
         )
     ranges = snap.physical.ranges
     run: Segment | None = None
     seen: dict[int, int] = {}
-    for va, pa, size, _writable, user in snap.virtual(cpu_index).walker.mappings():
+    for va, pa, size, _writable, user in walker.mappings():
         if user and not include_user:
             continue
         # A page mapped over and over (Linux's espfix stacks alias a few pages 64Ki times) would
@@ -273,8 +172,8 @@ def virtual_runs(
 
 def plan_core(snap: Snapshot, virtual: bool = False, cpu_index: int = 0) -> CoreLayout:
     cpus = snap.cpus
-    notes = b"".join(prstatus_note(c) for c in cpus) + b"".join(qemu_cpustate_note(c) for c in cpus)
-    text = [f"{len(cpus)} vCPU(s): NT_PRSTATUS and QEMU CPU state"]
+    notes = snap.arch.core_notes(cpus)
+    text = [f"{len(cpus)} vCPU(s): {snap.arch.core_notes_text}"]
     info = find_vmcoreinfo(snap)
     if info is not None:
         notes += info.note
@@ -285,10 +184,11 @@ def plan_core(snap: Snapshot, virtual: bool = False, cpu_index: int = 0) -> Core
     if virtual:
         skipped = [0]
         segments = list(virtual_runs(snap, cpu_index, skipped=skipped))
+        roots = ", ".join(f"{k}={v:#x}" for k, v in snap.arch.page_table_roots(snap.cpu(cpu_index)).items())
         if not segments:
             raise UnsupportedError(f"vCPU {cpu_index}'s page tables map no guest RAM")
         text.append(
-            f"virtual segments from vCPU {cpu_index}'s page tables (cr3={snap.cpu(cpu_index)['cr3']:#x})"
+            f"virtual segments from vCPU {cpu_index}'s page tables ({roots})"
             + (f", {skipped[0]} aliased mappings left out" if skipped[0] else "")
         )
     else:
@@ -311,11 +211,11 @@ def plan_core(snap: Snapshot, virtual: bool = False, cpu_index: int = 0) -> Core
     return CoreLayout(notes, segments, data_offset, range_offsets, pos, info, text)
 
 
-def _headers(layout: CoreLayout) -> bytes:
+def _headers(layout: CoreLayout, machine: int) -> bytes:
     phnum = 1 + len(layout.segments)
     ident = b"\x7fELF" + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
     out = EHDR.pack(
-        ident, ET_CORE, EM_X86_64, EV_CURRENT, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, phnum, 0, 0, 0
+        ident, ET_CORE, machine, EV_CURRENT, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, phnum, 0, 0, 0
     )
     notes_offset = EHDR.size + PHDR.size * phnum
     out += PHDR.pack(PT_NOTE, 0, notes_offset, 0, 0, len(layout.notes), len(layout.notes), 0)
@@ -361,7 +261,7 @@ def write_core(
     done = 0
     try:
         with AtomicOutput(out) as f:
-            f.write(_headers(layout))
+            f.write(_headers(layout, snap.arch.elf_machine))
             f.write(layout.notes)
             for r, offset in layout.range_offsets:
                 for page_offset, data in _range_pages(snap, r):

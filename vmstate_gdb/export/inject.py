@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 from dataclasses import dataclass, field
 
 from ..errors import AddressError, EditError, VmstateError
 from ..snapshot import Snapshot
-from .elfcore import (
-    NT_PRSTATUS,
-    PRSTATUS_REGS_OFFSET,
-    USER_REGS,
-    Segment,
-    read_core_notes,
-    read_core_segments,
-)
+from .elfcore import NT_PRSTATUS, Segment, read_core_notes, read_core_segments
 
 PAGE = 4096
-# user_regs_struct names whose change is applied to the vCPU (selectors and orig_rax are not).
-_INJECTED_REGS = set(USER_REGS) - {"orig_rax", "cs", "ss", "ds", "es", "fs", "gs"}
 
 
 @dataclass
@@ -176,18 +166,18 @@ def inject_core(snap: Snapshot, core: str, registers: bool = True) -> InjectResu
 def _inject_registers(snap: Snapshot, core: str, result: InjectResult) -> None:
     cpus = {c.index + 1: c for c in snap.cpus}  # pr_pid is the vCPU index + 1, as QEMU writes it
     for name, ntype, desc in read_core_notes(core):
-        if name != b"CORE" or ntype != NT_PRSTATUS or len(desc) < PRSTATUS_REGS_OFFSET + 27 * 8:
+        if name != b"CORE" or ntype != NT_PRSTATUS:
             continue
-        pid = struct.unpack_from("<I", desc, 32)[0]
+        parsed = snap.arch.registers_from_prstatus(desc)
+        if parsed is None:
+            continue
+        pid, values = parsed
         cpu = cpus.get(pid)
         if cpu is None:
             continue
-        values = dict(zip(USER_REGS, struct.unpack_from("<27Q", desc, PRSTATUS_REGS_OFFSET), strict=True))
-        for reg in USER_REGS:
-            if reg not in _INJECTED_REGS:
-                continue
-            ours = reg.replace("_base", ".base")
-            if values[reg] != cpu[ours]:
+        for ours, value in values.items():
+            if value != cpu[ours]:
                 old = cpu[ours]
-                snap.set_register(cpu.index, ours, values[reg])
-                result.registers.append(f"cpu{cpu.index} {ours}: {old:#x} -> {values[reg]:#x}")
+                snap.set_register(cpu.index, ours, value)
+                cpu = snap.cpu(cpu.index)
+                result.registers.append(f"cpu{cpu.index} {ours}: {old:#x} -> {value:#x}")

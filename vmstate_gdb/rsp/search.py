@@ -1,7 +1,8 @@
 """qSearch:memory over a vCPU's virtual address space, so gdb's `find` need not read everything.
 
-With 4/5-level paging the present mappings are enumerated once and only mapped bytes are scanned;
-a match may straddle pages that are contiguous virtually but not physically.
+Where the page tables are cheap to enumerate, the present mappings are enumerated once and only
+mapped bytes are scanned; a match may straddle pages that are contiguous virtually but not
+physically.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ MASK64 = (1 << 64) - 1
 def _mapped_runs(vm: VirtualMemory, start: int, end: int):
     """(virtual, physical, size) pieces of [start, end) that are mapped, in address order."""
     mode = vm.cpu.paging_mode
-    if mode in ("4-level", "5-level"):
+    if mode != "none" and vm.walker.enumerable:
         for va, pa, size, _w, _u in vm.walker.mappings():
             lo, hi = max(va, start), min(va + size, end)
             if lo < hi:
@@ -26,7 +27,7 @@ def _mapped_runs(vm: VirtualMemory, start: int, end: int):
         yield start, start, end - start
         return
     address = start
-    while address < end:  # 32-bit and PAE: translate page by page
+    while address < end:  # tables not worth enumerating (x86 32-bit and PAE): page by page
         n = min(end - address, 0x1000 - (address & 0xFFF))
         try:
             yield address, vm.translate(address).physical, n

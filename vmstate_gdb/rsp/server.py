@@ -16,10 +16,10 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from ..errors import AddressError, EditError, VmstateError
+from ..arch import GdbRegister
+from ..errors import AddressError, VmstateError
 from ..memory import PhysicalMemory, VirtualMemory
 from ..snapshot import Snapshot
-from . import registers as regs
 from .monitor import run_monitor
 from .protocol import INTERRUPT, PacketConnection, escape_binary, unescape_binary
 
@@ -128,15 +128,16 @@ class SnapshotServer:
             return [self._write_memory_hex(p[1:])]
         if c == b"X":
             return [self._write_memory_binary(p[1:])]
+        arch = self.snap.arch
         if c == b"g":
-            return [regs.encode_all(self.current_cpu()).hex().encode()]
+            return [arch.encode_gdb_registers(self.current_cpu()).hex().encode()]
         if c == b"G":
             return [self._write_all_registers(bytes.fromhex(p[1:].decode()))]
         if c == b"p":
             n = int(p[1:], 16)
-            if n >= len(regs.REGISTERS):
+            if n >= len(arch.gdb_registers):
                 return [b"E00"]
-            return [regs.encode_register(self.current_cpu(), regs.REGISTERS[n]).hex().encode()]
+            return [arch.encode_gdb_register(self.current_cpu(), arch.gdb_registers[n]).hex().encode()]
         if c == b"P":
             num, _, val = p[1:].partition(b"=")
             return [self._write_register(int(num, 16), bytes.fromhex(val.decode()))]
@@ -181,7 +182,7 @@ class SnapshotServer:
             if annex != b"target.xml":
                 return b"E00"
             off, _, length = span.partition(b",")
-            return self._xfer(regs.target_xml().encode(), int(off, 16), int(length, 16))
+            return self._xfer(self.snap.arch.target_xml().encode(), int(off, 16), int(length, 16))
         if p == b"qfThreadInfo":
             return b"m" + b",".join(b"%02x" % t for t in self.threads())
         if p == b"qsThreadInfo":
@@ -321,79 +322,30 @@ class SnapshotServer:
     # -- registers ----------------------------------------------------------------------------
 
     def _write_all_registers(self, data: bytes) -> bytes:
+        arch = self.snap.arch
         cpu = self.current_cpu()
         pos = 0
-        for reg in regs.REGISTERS:
+        for reg in arch.gdb_registers:
             size = reg.bits // 8
             chunk = data[pos : pos + size]
             pos += size
             if len(chunk) < size:
                 break
-            if chunk != regs.encode_register(cpu, reg):
+            if chunk != arch.encode_gdb_register(cpu, reg):
                 self.write_register(reg, int.from_bytes(chunk, "little"))
                 cpu = self.current_cpu()
         return b"OK"
 
     def _write_register(self, number: int, data: bytes) -> bytes:
-        if number >= len(regs.REGISTERS):
+        registers = self.snap.arch.gdb_registers
+        if number >= len(registers):
             return b"E00"
-        reg = regs.REGISTERS[number]
+        reg = registers[number]
         self.write_register(reg, int.from_bytes(data[: reg.bits // 8], "little"))
         return b"OK"
 
-    def write_register(self, reg: regs.Register, value: int) -> None:
-        cpu = self.current_cpu()
-        writes = regs.fields_for_write(cpu, reg, value)
-        if writes is None:
-            if reg.name == "cr8":
-                self._write_cr8(cpu, value)
-                return
-            self._load_segment(cpu, reg.name, value & 0xFFFF)
-            return
-        for name, field_value in writes:
-            self.snap.set_register(cpu.index, name, field_value)
-
-    def _write_cr8(self, cpu, value: int) -> None:
-        # CR8 is the APIC's task priority (bits 7:4 of TPR), which lives in the apic device state.
-        for key in (f"apic[{cpu.index}]", "apic" if cpu.index == 0 else None):
-            if key is None:
-                continue
-            try:
-                self.snap.set_field(f"{key}/tpr", (value & 0xF) << 4)
-                return
-            except EditError:
-                continue
-        raise EditError(f"cr8: no APIC state for vCPU {cpu.index} in this snapshot")
-
-    def _load_segment(self, cpu, name: str, selector: int) -> None:
-        """A new selector also loads the hidden descriptor cache, as the CPU (and QEMU's gdbstub)
-        would: from selector<<4 in real/vm86 mode, else from the GDT or LDT."""
-        if selector == cpu[f"{name}.selector"]:
-            return
-        if not cpu["cr0"] & 1 or cpu["eflags"] & (1 << 17):
-            dpl = 3 if cpu["eflags"] & (1 << 17) else 0
-            base, limit, flags = (
-                selector << 4,
-                0xFFFF,
-                (1 << 15) | (1 << 12) | (1 << 9) | (1 << 8) | dpl << 13,
-            )
-        else:
-            table = cpu["ldt.base"] if selector & 4 else cpu["gdt.base"]
-            table_limit = cpu["ldt.limit"] if selector & 4 else cpu["gdt.limit"]
-            index = selector & ~7
-            if index + 7 > table_limit:
-                raise EditError(f"selector {selector:#x} is outside the {'LDT' if selector & 4 else 'GDT'}")
-            read = self.virtual(cpu.index).read if cpu.paging_mode != "none" else self.snap.physical.read
-            lo, hi = (int.from_bytes(read(table + index + k, 4), "little") for k in (0, 4))
-            base = (lo >> 16) | (hi & 0xFF) << 16 | (hi & 0xFF000000)
-            limit = (lo & 0xFFFF) | (hi & 0xF0000)
-            if hi & (1 << 23):
-                limit = limit << 12 | 0xFFF
-            # QEMU's gdbstub keeps the descriptor's whole high dword as the cache's flags
-            # (x86_cpu_gdb_load_seg in target/i386/gdbstub.c), accessed bit as it is.
-            flags = hi
-        for field, value in (("selector", selector), ("base", base), ("limit", limit), ("flags", flags)):
-            self.snap.set_register(cpu.index, f"{name}.{field}", value)
+    def write_register(self, reg: GdbRegister, value: int) -> None:
+        self.snap.arch.write_gdb_register(self, self.current_cpu(), reg, value)
 
 
 def serve_socket(

@@ -50,7 +50,7 @@ def describe(server: SnapshotServer) -> dict:
         mark = "*" if cpu.index == server.cpu_index() else " "
         lines.append(
             f"{mark} vCPU {cpu.index} (thread {cpu.index + 1}): {cpu.cpu_mode} mode, "
-            f"{cpu.paging_mode} paging, rip={cpu['rip']:#x}{', halted' if cpu.halted else ''}"
+            f"{cpu.paging_mode} paging, {snap.arch.pc_name}={cpu.pc:#x}{', halted' if cpu.halted else ''}"
         )
     lines.append(
         f"memory accesses: {'guest-physical' if server.physical_mode else 'virtual (selected vCPU)'}"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ...errors import FormatError
 
 CPU_MAIN_BODY_SIZE = 1817
+CPU_VERSION = 12  # vmstate_x86_cpu.version_id
 SEGMENT_ORDER = ("es", "cs", "ss", "ds", "fs", "gs")  # QEMU R_ES..R_GS
 GPR_ORDER = (
     "rax",
@@ -130,6 +131,10 @@ class X86Cpu:
     def segment(self, name: str) -> Segment:
         v = self.values
         return Segment(v[f"{name}.selector"], v[f"{name}.base"], v[f"{name}.limit"], v[f"{name}.flags"])
+
+    @property
+    def pc(self) -> int:
+        return self.values["rip"]
 
     @property
     def cr8(self) -> int:

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import capstone
 
 from ...errors import AddressError
+from .. import Instruction
 from .cpu import X86Cpu
 
 _MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
-
-
-@dataclass
-class Instruction:
-    address: int
-    size: int
-    text: str
-    raw: bytes
 
 
 def code_address(cpu: X86Cpu) -> int:

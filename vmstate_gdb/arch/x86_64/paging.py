@@ -7,36 +7,14 @@ pages. The walk is returned level by level so `vmstate translate` can show it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ...errors import AddressError
+from ..paging import Translation, WalkStep
 from .cpu import CR4_PSE, X86Cpu
 
 ReadPhysical = Callable[[int, int], bytes]
 ADDR_MASK = 0x000FFFFFFFFFF000  # bits 12..51
 PRESENT, WRITABLE, USER, PAGE_SIZE_BIT, NX = 1, 2, 4, 0x80, 1 << 63
-
-
-@dataclass
-class WalkStep:
-    level: str  # "PML5", "PML4", "PDPT", "PD", "PT"
-    entry_address: int  # physical address of the entry
-    entry: int
-    index: int
-
-
-@dataclass
-class Translation:
-    virtual: int
-    physical: int
-    page_size: int
-    steps: list[WalkStep]
-    writable: bool = True
-    user: bool = False
-
-    @property
-    def page_base(self) -> int:
-        return self.physical & ~(self.page_size - 1)
 
 
 class PageWalker:
@@ -50,6 +28,8 @@ class PageWalker:
         self.read = read_physical
         self.mode = cpu.paging_mode
         self.cr3 = cpu["cr3"] if root is None else root
+        # 4/5-level tables are cheap to enumerate; 32-bit and PAE are translated page by page
+        self.enumerable = self.mode in ("4-level", "5-level")
 
     def _entry(self, address: int, width: int) -> int:
         try:

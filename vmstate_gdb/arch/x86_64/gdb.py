@@ -9,9 +9,9 @@ sizes mid-session): GPRs and rip read as their low 32 bits and r8-r15 as zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..arch.x86_64.cpu import X86Cpu
+from ...errors import EditError
+from .. import GdbRegister as Register
+from .cpu import X86Cpu
 
 HF_CS64 = 1 << 15  # target/i386/cpu.h HF_CS64_SHIFT
 FPUS_TOP_SHIFT = 11  # x87 status word bits 11-13: TOP
@@ -50,13 +50,6 @@ SIMPLE_FIELDS = {
     "mxcsr": "mxcsr",
 }
 X87_CONTROL = ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")
-
-
-@dataclass(frozen=True)
-class Register:
-    name: str
-    number: int  # the remote (g packet) number
-    bits: int
 
 
 def _register_table() -> list[Register]:
@@ -351,3 +344,63 @@ def fields_for_write(cpu: X86Cpu, reg: Register, value: int) -> list[tuple[str, 
         i = int(name[3:])
         return [(f"xmm{i}.lo", value & (1 << 64) - 1), (f"xmm{i}.hi", value >> 64)]
     return None
+
+
+def write_register(target, cpu: X86Cpu, reg: Register, value: int) -> None:
+    """Make ``reg`` read back as ``value`` (``target``: the gdb server, for the snapshot and the
+    vCPU's memory, which a selector load reads its descriptor from)."""
+    snap = target.snap
+    writes = fields_for_write(cpu, reg, value)
+    if writes is None:
+        if reg.name == "cr8":
+            _write_cr8(snap, cpu, value)
+        else:
+            _load_segment(target, cpu, reg.name, value & 0xFFFF)
+        return
+    for name, field_value in writes:
+        snap.set_register(cpu.index, name, field_value)
+
+
+def _write_cr8(snap, cpu: X86Cpu, value: int) -> None:
+    # CR8 is the APIC's task priority (bits 7:4 of TPR), which lives in the apic device state.
+    for key in (f"apic[{cpu.index}]", "apic" if cpu.index == 0 else None):
+        if key is None:
+            continue
+        try:
+            snap.set_field(f"{key}/tpr", (value & 0xF) << 4)
+            return
+        except EditError:
+            continue
+    raise EditError(f"cr8: no APIC state for vCPU {cpu.index} in this snapshot")
+
+
+def _load_segment(target, cpu: X86Cpu, name: str, selector: int) -> None:
+    """A new selector also loads the hidden descriptor cache, as the CPU (and QEMU's gdbstub)
+    would: from selector<<4 in real/vm86 mode, else from the GDT or LDT."""
+    snap = target.snap
+    if selector == cpu[f"{name}.selector"]:
+        return
+    if not cpu["cr0"] & 1 or cpu["eflags"] & (1 << 17):
+        dpl = 3 if cpu["eflags"] & (1 << 17) else 0
+        base, limit, flags = (
+            selector << 4,
+            0xFFFF,
+            (1 << 15) | (1 << 12) | (1 << 9) | (1 << 8) | dpl << 13,
+        )
+    else:
+        table = cpu["ldt.base"] if selector & 4 else cpu["gdt.base"]
+        table_limit = cpu["ldt.limit"] if selector & 4 else cpu["gdt.limit"]
+        index = selector & ~7
+        if index + 7 > table_limit:
+            raise EditError(f"selector {selector:#x} is outside the {'LDT' if selector & 4 else 'GDT'}")
+        read = target.virtual(cpu.index).read if cpu.paging_mode != "none" else snap.physical.read
+        lo, hi = (int.from_bytes(read(table + index + k, 4), "little") for k in (0, 4))
+        base = (lo >> 16) | (hi & 0xFF) << 16 | (hi & 0xFF000000)
+        limit = (lo & 0xFFFF) | (hi & 0xF0000)
+        if hi & (1 << 23):
+            limit = limit << 12 | 0xFFF
+        # QEMU's gdbstub keeps the descriptor's whole high dword as the cache's flags
+        # (x86_cpu_gdb_load_seg in target/i386/gdbstub.c), accessed bit as it is.
+        flags = hi
+    for field, value in (("selector", selector), ("base", base), ("limit", limit), ("flags", flags)):
+        snap.set_register(cpu.index, f"{name}.{field}", value)

@@ -3,16 +3,16 @@ of the main body, which has not changed from QEMU 5.0 to 10.x; the subsections s
 
 from __future__ import annotations
 
-from ..arch.x86_64.cpu import CPU_FIELDS, CPU_MAIN_BODY_SIZE
-from ..stream.index import Section
-from .fields import Group, Leaf
-from .tree import register_section_decoder
+from ...devices.fields import Group, Leaf
+from ...devices.tree import register_section_decoder
+from ...stream.index import Section
+from .cpu import CPU_FIELDS, CPU_MAIN_BODY_SIZE, CPU_VERSION
 
 _TYPES = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
 
 
 def decode_cpu_section(sec: Section, key: str) -> Group | None:
-    if sec.body_size < CPU_MAIN_BODY_SIZE:
+    if sec.body_size < CPU_MAIN_BODY_SIZE or sec.version_id != CPU_VERSION:  # not an x86 vCPU
         return None
     group = Group(key, key, "device", sec.body_offset, sec.body_size, vmsd_name="cpu", version=sec.version_id)
     for name, (offset, size) in sorted(CPU_FIELDS.items(), key=lambda item: item[1][0]):
