@@ -8,6 +8,7 @@
 # unpacked binaries with QEMU 10's own firmware, keymaps and modules.
 #
 #   PREFIX/bin/qemu-system-x86_64   (also qemu-system-i386)
+#   PREFIX/bin/qemu-system-aarch64  (from qemu-system-arm; `virt` guests boot with -kernel, no firmware)
 #   PREFIX/bin/qemu-img             (also qemu-io, qemu-nbd, qemu-storage-daemon)
 #
 # Idempotent: a stamp file PREFIX/.vmstate-qemu10.stamp records the installed
@@ -29,7 +30,7 @@ BPO_LIST=/etc/apt/sources.list.d/vmstate-bookworm-backports.list
 MIRROR="http://deb.debian.org/debian"
 ARCH_TRIPLET=x86_64-linux-gnu
 # Bump when the package set / wrapper layout changes: older installs are redone.
-LAYOUT=1
+LAYOUT=2
 
 log() { printf 'install-qemu10: %s\n' "$*"; }
 die() { printf 'install-qemu10: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -41,7 +42,9 @@ trap 'rc=$?; [ $rc -eq 0 ] || printf "install-qemu10: FAILED (exit %s) at line %
 stamp_ok() { [ -f "$STAMP" ] && grep -qx "layout=$LAYOUT" "$STAMP"; }
 wrappers_ok() {
     [ -x "$PREFIX/bin/qemu-system-x86_64" ] && [ -x "$PREFIX/bin/qemu-img" ] || return 1
+    [ -x "$PREFIX/bin/qemu-system-aarch64" ] || return 1
     "$PREFIX/bin/qemu-system-x86_64" --version 2>/dev/null | grep -q '^QEMU emulator version 10\.' || return 1
+    "$PREFIX/bin/qemu-system-aarch64" --version 2>/dev/null | grep -q '^QEMU emulator version 10\.' || return 1
     "$PREFIX/bin/qemu-img" --version 2>/dev/null | grep -q '^qemu-img version 10\.' || return 1
 }
 
@@ -124,7 +127,7 @@ pick_version() {
 # found there, be rejected ("Only modules from the same build can be loaded")
 # and then abort QEMU 10 on an assertion.  With all of QEMU 10's modules in
 # PREFIX, the search stops there.
-QEMU_PKGS=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils qemu-block-extra
+QEMU_PKGS=(qemu-system-x86 qemu-system-arm qemu-system-common qemu-system-data qemu-utils qemu-block-extra
            qemu-system-gui qemu-system-modules-opengl qemu-system-modules-spice)
 FW_PKGS=(seabios ipxe-qemu)
 declare -A VER
@@ -193,7 +196,7 @@ version_ok() {  # have op want
 }
 APT_INSTALL=()
 UNPACK_LIBS=()
-for p in qemu-system-x86 qemu-system-common qemu-utils; do
+for p in qemu-system-x86 qemu-system-arm qemu-system-common qemu-utils; do
     deps=$(dpkg-deb -f "$(deb_of "$p")" Depends)
     IFS=',' read -ra items <<< "$deps"
     for item in "${items[@]}"; do
@@ -277,13 +280,14 @@ write_wrapper() {   # name binary with_L
 }
 write_wrapper qemu-system-x86_64 qemu-system-x86_64 1
 write_wrapper qemu-system-i386 qemu-system-i386 1
+write_wrapper qemu-system-aarch64 qemu-system-aarch64 1
 for t in qemu-img qemu-io qemu-nbd qemu-storage-daemon; do
     [ -x "$STAGE/usr/bin/$t" ] && write_wrapper "$t" "$t" 0
 done
 
 # Libraries resolve?  (run against the staged tree)
 export LD_LIBRARY_PATH_CHECK="$STAGE/usr/lib/$ARCH_TRIPLET:$STAGE/lib/$ARCH_TRIPLET"
-for b in qemu-system-x86_64 qemu-img; do
+for b in qemu-system-x86_64 qemu-system-aarch64 qemu-img; do
     missing=$( ( [ -n "$LIBDIR_EXTRA" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH_CHECK"; ldd "$STAGE/usr/bin/$b" ) | grep 'not found' || true)
     [ -z "$missing" ] || die "$b: unresolved shared libraries:
 $missing"
