@@ -22,6 +22,7 @@ import pytest
 
 from vmstate_gdb.errors import QemuError
 from vmstate_gdb.harness import (
+    ARM_SCENARIOS,
     SCENARIOS,
     STARTED_PIDS,
     GuestConfig,
@@ -37,6 +38,8 @@ from vmstate_gdb.harness import (
 from vmstate_gdb.harness.guests import GuestImage, build_guest, guest_image
 
 CACHE_ENV = "VMSTATE_TEST_CACHE"
+#: every scenario the ``snapshot`` factory builds (the x86 catalogue's fixtures are generated)
+CATALOGUE = {**SCENARIOS, **ARM_SCENARIOS}
 
 
 def fixture_name(scenario: str) -> str:
@@ -76,15 +79,15 @@ class SnapshotCache:
         self._failed: dict[str, str] = {}
 
     def __call__(self, name: str) -> Snapshot:
-        if name not in SCENARIOS:
-            raise KeyError(f"no snapshot scenario {name!r}; known: {', '.join(SCENARIOS)}")
+        if name not in CATALOGUE:
+            raise KeyError(f"no snapshot scenario {name!r}; known: {', '.join(CATALOGUE)}")
         if name in self._built:
             return self._built[name]
         if name in self._failed:
             pytest.fail(f"snapshot {name} failed to build earlier in this session:\n{self._failed[name]}")
-        scenario = SCENARIOS[name]
+        scenario = CATALOGUE[name]
         try:
-            find_qemu(scenario.config.qemu)
+            find_qemu(scenario.config.qemu, scenario.config.target)
         except QemuUnavailable as exc:
             pytest.skip(f"{name}: {exc}")
         self.guests.image(scenario.config.kind)

@@ -1,5 +1,6 @@
 """Decode the opaque `virtio` field: QEMU writes virtio devices with its own routine (virtio_save in
-hw/virtio/virtio.c, virtio_pci_save_config/_queue in hw/virtio/virtio-pci.c), so the JSON only says
+hw/virtio/virtio.c, virtio_pci_save_config/_queue in hw/virtio/virtio-pci.c, the virtio-mmio
+transport's state in hw/virtio/virtio-mmio.c), so the JSON only says
 "virtio, N bytes". We name the parts a user edits: the cached config space (virtio-net: mac first)
 and the device's own state (virtio-net-device: mac first), each with its stream offset.
 """
@@ -29,8 +30,12 @@ def _msix_entries(config: bytes) -> int:
     return 0
 
 
-def _try_layout(blob: bytes, config_size: int) -> list[tuple[str, int, int]] | None:
-    """(name, offset in blob, size) of each part, or None if this config size does not fit."""
+def _try_layout(
+    blob: bytes, config_size: int, mmio_prefix: int | None = None
+) -> list[tuple[str, int, int]] | None:
+    """(name, offset in blob, size) of each part, or None if this config size does not fit.
+    ``mmio_prefix``: a virtio-mmio transport, whose own state (virtio_mmio_save_config) takes that
+    many bytes before the common part; PCI config space otherwise."""
     parts: list[tuple[str, int, int]] = []
     pos = 0
 
@@ -43,10 +48,15 @@ def _try_layout(blob: bytes, config_size: int) -> list[tuple[str, int, int]] | N
         return pos - size
 
     try:
-        take("pci/version_id", 4)
-        cfg_at = take("pci/config", config_size)
-        take("pci/irq_state", 16)
-        n = _msix_entries(blob[cfg_at : cfg_at + config_size])
+        if mmio_prefix is not None:
+            n = 0
+            if mmio_prefix:
+                take("mmio/state", mmio_prefix)
+        else:
+            take("pci/version_id", 4)
+            cfg_at = take("pci/config", config_size)
+            take("pci/irq_state", 16)
+            n = _msix_entries(blob[cfg_at : cfg_at + config_size])
         if n:
             take("msix_table", 16 * n)
             take("msix_pba", (n + 7) // 8)
@@ -66,6 +76,8 @@ def _try_layout(blob: bytes, config_size: int) -> list[tuple[str, int, int]] | N
             return None
         for i in range(nq):
             take(f"vq[{i}]/num", 4)
+            if mmio_prefix is not None:  # has_variable_vring_alignment: the vring's alignment
+                take(f"vq[{i}]/align", 4)
             take(f"vq[{i}]/desc", 8)
             take(f"vq[{i}]/last_avail_idx", 2)
             if n:
@@ -83,8 +95,12 @@ def decode_virtio(f: dict, path: str, pos: int, read: Callable[[int, int], bytes
     blob = read(pos, size)
     is_net = "virtio-net" in path
     layout = None
-    for config_size in (256, 4096):  # 4096 when the function is PCI Express
-        layout = _try_layout(blob, config_size)
+    if "virtio-mmio" in path:  # the transport's own state has no size on the wire: try each
+        tries = [(0, k) for k in range(0, 65, 4)]
+    else:
+        tries = [(256, None), (4096, None)]  # 4096 when the function is PCI Express
+    for config_size, mmio_prefix in tries:
+        layout = _try_layout(blob, config_size, mmio_prefix)
         if layout is None:
             continue
         if is_net:
@@ -97,6 +113,9 @@ def decode_virtio(f: dict, path: str, pos: int, read: Callable[[int, int], bytes
             mac = blob[dev_off : dev_off + 6]
             cached = blob[cfg_off : cfg_off + 6] if cfg_size >= 6 else b""
             if cached and any(cached) and cached != mac:
+                layout = None
+                continue
+            if mmio_prefix is not None and cached != mac:  # a guessed prefix must be proven
                 layout = None
                 continue
         break

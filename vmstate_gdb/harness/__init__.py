@@ -20,7 +20,14 @@ from vmstate_gdb.harness.config import (
 from vmstate_gdb.harness.console import Tick, parse_tick, parse_ticks
 from vmstate_gdb.harness.guests import GuestImage, GuestUnavailable, guest_image, repo_root
 from vmstate_gdb.harness.machine import STARTED_PIDS, QemuVM, pid_alive
-from vmstate_gdb.harness.scenarios import KVM_SCENARIOS, SCENARIOS, Scenario, build_snapshot, check_available
+from vmstate_gdb.harness.scenarios import (
+    ARM_SCENARIOS,
+    KVM_SCENARIOS,
+    SCENARIOS,
+    Scenario,
+    build_snapshot,
+    check_available,
+)
 from vmstate_gdb.harness.snapshot import (
     METHODS,
     Snapshot,
@@ -52,6 +59,7 @@ __all__ = [
     "pid_alive",
     "SCENARIOS",
     "KVM_SCENARIOS",
+    "ARM_SCENARIOS",
     "Scenario",
     "build_snapshot",
     "check_available",

@@ -1,7 +1,8 @@
 """What VM to start: the guest, machine, vCPUs, memory, NICs and QEMU build, and the argv for it.
 
 A :class:`GuestConfig` is pure data (it round-trips through JSON so a snapshot's ``.meta.json``
-can say how it was made); :func:`render_argv` turns it into a qemu-system-x86_64 command line.
+can say how it was made); :func:`render_argv` turns it into a qemu-system-x86_64 command line, or a
+qemu-system-aarch64 one for the Arm `virt` machine (cortex-a57 under TCG, no firmware).
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from typing import Any
 
 from vmstate_gdb.errors import QemuError
 
-GUEST_KINDS = ("small", "linux", "dummy")
-MACHINES = ("pc", "q35")
-NIC_MODELS = ("e1000", "rtl8139", "virtio-net-pci")
+GUEST_KINDS = ("small", "linux", "dummy", "small-arm64", "linux-arm64")
+MACHINES = ("pc", "q35", "virt")
+#: machine -> the QEMU target that runs it
+MACHINE_TARGET = {"pc": "x86_64", "q35": "x86_64", "virt": "aarch64"}
+#: virt: cortex-a57 boots fast under TCG (-cpu max's pointer authentication makes Linux 4x slower)
+ARM_CPU = "cortex-a57"
+NIC_MODELS = ("e1000", "rtl8139", "virtio-net-pci", "virtio-net-device")
 QEMU_GENERATIONS = ("7.2", "10")
 #: ``kvm``: the snapshot is written (and resumed) by a QEMU under KVM. The guest still boots under
 #: TCG and is live-migrated into the KVM QEMU (see snapshot.migrate_into); KVMs such as PVM
@@ -31,6 +36,7 @@ SYSTEM_QEMU = "/usr/bin/qemu-system-x86_64"
 SYSTEM_QEMU_IMG = "/usr/bin/qemu-img"
 QEMU10_ENV = "VMSTATE_QEMU10"
 QEMU10_DEFAULT = "/opt/vmstate-qemu10/bin/qemu-system-x86_64"
+_APT_PACKAGE = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
 
 
 class QemuUnavailable(QemuError):
@@ -56,16 +62,21 @@ class QemuBinaries:
     img: str
 
 
-def find_qemu(generation: str) -> QemuBinaries:
+def find_qemu(generation: str, target: str = "x86_64") -> QemuBinaries:
     """Locate the QEMU build named "7.2" (the system one) or "10" (beside it, see
-    tools/install-qemu10.sh); raise :class:`QemuUnavailable` saying where it looked."""
+    tools/install-qemu10.sh) for ``target`` (x86_64, aarch64); raise :class:`QemuUnavailable`
+    saying where it looked."""
     if generation == "7.2":
-        for path in (SYSTEM_QEMU, SYSTEM_QEMU_IMG):
+        system = SYSTEM_QEMU.replace("x86_64", target)
+        for path in (system, SYSTEM_QEMU_IMG):
             if not os.access(path, os.X_OK):
-                raise QemuUnavailable(f"system QEMU not found at {path} (apt-get install qemu-system-x86)")
-        return QemuBinaries("7.2", SYSTEM_QEMU, SYSTEM_QEMU_IMG)
+                raise QemuUnavailable(
+                    f"system QEMU not found at {path} (apt-get install {_APT_PACKAGE.get(target, 'qemu')})"
+                )
+        return QemuBinaries("7.2", system, SYSTEM_QEMU_IMG)
     if generation == "10":
         system = os.environ.get(QEMU10_ENV) or QEMU10_DEFAULT
+        system = str(Path(system).with_name(f"qemu-system-{target}"))
         img = str(Path(system).with_name("qemu-img"))
         if not os.access(system, os.X_OK):
             raise QemuUnavailable(
@@ -138,8 +149,13 @@ class GuestConfig:
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
 
     @property
+    def target(self) -> str:
+        """The QEMU target (x86_64, aarch64) that runs this machine."""
+        return MACHINE_TARGET[self.machine]
+
+    @property
     def binaries(self) -> QemuBinaries:
-        return find_qemu(self.qemu)
+        return find_qemu(self.qemu, self.target)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -157,7 +173,9 @@ class GuestConfig:
 
 def _nic_device(index: int, nic: Nic) -> str:
     # romfile= leaves out the iPXE option ROM: faster boots, and no ROM RAM block per NIC.
-    opts = [nic.model, f"id=nic{index}", f"mac={nic.mac}", "romfile="]
+    opts = [nic.model, f"id=nic{index}", f"mac={nic.mac}"]
+    if nic.model != "virtio-net-device":  # a virtio-mmio device has no option ROM
+        opts.append("romfile=")
     if nic.model == "virtio-net-pci":
         # Transitional device: keeps the legacy I/O BAR that the small guest drives.
         opts.append("disable-legacy=off")
@@ -183,6 +201,7 @@ def render_argv(
         config.accel,
         "-machine",
         config.machine,
+        *(["-cpu", ARM_CPU] if config.target == "aarch64" else []),
         "-smp",
         str(config.cpus),
         "-m",

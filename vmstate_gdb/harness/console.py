@@ -1,6 +1,7 @@
 """The guests' serial console: TICK lines in the small guest's and the Linux guest's format.
 
-small: ``TICK <n> sw=<mac> hw=<mac> r12=<hex> note=<text>`` (one a second)
+small: ``TICK <n> sw=<mac> hw=<mac> r12=<hex> note=<text>`` (one a second; the aarch64 guest
+prints its fixed register as ``x18=``, kept in the same field)
 linux: ``TICK <n> <iface> <mac>`` (one a second per NIC, all with the same ``n``)
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 
 _SMALL = re.compile(
     r"^TICK (?P<n>\d+) sw=(?P<sw>[0-9a-fA-F:]+) hw=(?P<hw>[0-9a-fA-F:]+) "
-    r"r12=(?P<r12>(?:0x)?[0-9a-fA-F]+)(?: note=(?P<note>.*))?$"
+    r"(?:r12|x18)=(?P<r12>(?:0x)?[0-9a-fA-F]+)(?: note=(?P<note>.*))?$"
 )
 _LINUX = re.compile(r"^TICK (?P<n>\d+) (?P<iface>\S+) (?P<mac>[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})$")
 

@@ -2,6 +2,8 @@
 
 * ``small``: the test kernel of tests/guest (``make -C tests/guest`` -> build/guest.elf).
 * ``linux``: the Debian kernel + busybox initramfs of tests/linux (``tests/linux/build.sh``).
+* ``small-arm64``: the aarch64 test kernel of tests/guest-arm64 (``make -C tests/guest-arm64``).
+* ``linux-arm64``: Debian's arm64 kernel + busybox initramfs of tests/linux-arm64 (its build.sh).
 * ``dummy``: a 40-instruction multiboot kernel assembled here (see :mod:`.dummy_guest`), which
   prints the small guest's console format with zero MACs; it lets the harness test itself
   without the other guests.
@@ -72,11 +74,15 @@ def build_guest(kind: str, root: Path | None = None) -> None:
         if not (root / "tests/guest/Makefile").exists():
             raise GuestUnavailable(f"tests/guest/Makefile is missing under {root}")
         _run_build(["make", "-C", str(root / "tests/guest")], root, 600, "building the small guest")
-    elif kind == "linux":
-        script = root / "tests/linux/build.sh"
+    elif kind == "small-arm64":
+        if not (root / "tests/guest-arm64/Makefile").exists():
+            raise GuestUnavailable(f"tests/guest-arm64/Makefile is missing under {root}")
+        _run_build(["make", "-C", str(root / "tests/guest-arm64")], root, 600, "building the aarch64 guest")
+    elif kind in ("linux", "linux-arm64"):
+        script = root / f"tests/{kind}/build.sh"
         if not script.exists():
             raise GuestUnavailable(f"{script} is missing")
-        _run_build(["bash", str(script)], root, 1800, "building the linux guest")
+        _run_build(["bash", str(script)], root, 1800, f"building the {kind} guest")
 
 
 def fingerprint(image: GuestImage) -> str:
@@ -101,18 +107,30 @@ def small_guest(root: Path | None = None, build: bool = True) -> GuestImage:
     return GuestImage("small", ("-kernel", str(elf)), r"GUEST READY", 30.0)
 
 
-def linux_guest(root: Path | None = None, build: bool = True) -> GuestImage:
+def small_arm64_guest(root: Path | None = None, build: bool = True) -> GuestImage:
     root = root or repo_root()
-    out = root / "tests/linux/build"
+    elf = root / "tests/guest-arm64/build/guest.elf"
+    if not elf.exists() and build:
+        build_guest("small-arm64", root)
+    if not elf.exists():
+        raise GuestUnavailable(f"aarch64 guest {elf} does not exist (run `make -C tests/guest-arm64`)")
+    return GuestImage("small-arm64", ("-kernel", str(elf)), r"GUEST READY", 30.0)
+
+
+def linux_guest(root: Path | None = None, build: bool = True, kind: str = "linux") -> GuestImage:
+    root = root or repo_root()
+    out = root / f"tests/{kind}/build"
     files = [out / "vmlinuz", out / "initrd.img", out / "kernel.cmdline"]
     if not all(f.exists() for f in files) and build:
-        build_guest("linux", root)
+        build_guest(kind, root)
     missing = [str(f) for f in files if not f.exists()]
     if missing:
-        raise GuestUnavailable(f"linux guest files missing: {', '.join(missing)} (run tests/linux/build.sh)")
+        raise GuestUnavailable(
+            f"{kind} guest files missing: {', '.join(missing)} (run tests/{kind}/build.sh)"
+        )
     cmdline = (out / "kernel.cmdline").read_text().strip()
     return GuestImage(
-        "linux",
+        kind,
         ("-kernel", str(out / "vmlinuz"), "-initrd", str(out / "initrd.img"), "-append", cmdline),
         r"LINUX READY",
         180.0,
@@ -130,8 +148,10 @@ def guest_image(kind: str, work_dir: Path, build: bool = True) -> GuestImage:
     """The :class:`GuestImage` for ``kind``, building it first if its files are missing."""
     if kind == "small":
         return small_guest(build=build)
-    if kind == "linux":
-        return linux_guest(build=build)
+    if kind in ("linux", "linux-arm64"):
+        return linux_guest(build=build, kind=kind)
+    if kind == "small-arm64":
+        return small_arm64_guest(build=build)
     if kind == "dummy":
         return dummy_guest(work_dir)
     raise ValueError(f"unknown guest kind {kind!r}")

@@ -31,6 +31,7 @@ from vmstate_gdb.harness.state import (
     parse_info_network,
     parse_info_pci,
     parse_info_registers,
+    parse_info_registers_aarch64,
     split_cpus,
 )
 
@@ -61,7 +62,7 @@ def _tail_file(path: Path, lines: int = 25) -> str:
 
 
 class QemuVM:
-    """A qemu-system-x86_64 for ``config``. Use as a context manager, or call :meth:`close`.
+    """A qemu-system-x86_64 (or -aarch64, for `virt`) for ``config``. Use as a context manager, or call :meth:`close`.
 
     ``incoming`` is passed as ``-incoming`` (``"exec:cat FILE"``, ``"defer"``); ``paused`` adds ``-S``;
     ``disk`` is the qcow2 path (created with the matching qemu-img if missing) when the config
@@ -330,7 +331,14 @@ class QemuVM:
                 self.hmp(f"cpu {index}")
                 chunks.append(self.hmp("info registers"))
         state.registers_text = [c.strip("\r\n") for c in chunks]
-        state.registers = [parse_info_registers(c) for c in chunks]
+        if self.config.target == "aarch64":
+            from vmstate_gdb.harness.gdbstub import read_gdbstub
+
+            state.registers = [parse_info_registers_aarch64(c) for c in chunks]
+            # the stub's own view too: the core g packet, fpsr/fpcr (66/67), v0/v1 (34/35)
+            state.gdbstub = read_gdbstub(self, self.config.cpus, [34, 35, 66, 67])
+        else:
+            state.registers = [parse_info_registers(c) for c in chunks]
         state.pci_text = self.hmp("info pci")
         state.pci = parse_info_pci(state.pci_text)
         state.network_text = self.hmp("info network")

@@ -27,6 +27,7 @@ from vmstate_gdb.harness.snapshot import Snapshot, capture, migrate_into
 MAC_E1000 = "52:54:00:12:34:56"
 MAC_RTL8139 = "52:54:00:ab:cd:02"
 MAC_VIRTIO = "52:54:00:ab:cd:03"
+MAC_VIRTIO_MMIO = "52:54:00:ab:cd:04"
 THREE_NICS = (Nic("e1000", MAC_E1000), Nic("rtl8139", MAC_RTL8139), Nic("virtio-net-pci", MAC_VIRTIO))
 
 
@@ -48,8 +49,10 @@ class Scenario:
             marks.append("qemu10")
         if self.config.accel == "kvm":
             marks.append("kvm")
-        if self.config.kind == "linux":
+        if self.config.kind in ("linux", "linux-arm64"):
             marks.append("linux")
+        if self.config.target == "aarch64":
+            marks.append("aarch64")
         return tuple(marks)
 
 
@@ -99,6 +102,31 @@ SCENARIOS: dict[str, Scenario] = _catalogue(
 )
 
 
+#: aarch64 `virt` guests under TCG (apart from SCENARIOS, whose tests are x86 guests'): the small
+#: guest with 2 vCPUs (vCPU 1 parked in wfi with known registers) and a virtio-mmio NIC, on QEMU
+#: 7.2 and 10, and Debian's arm64 kernel with the same NIC.
+ARM_SCENARIOS: dict[str, Scenario] = _catalogue(
+    Scenario(
+        "arm64-virt-2cpu",
+        GuestConfig("small-arm64", "virt", 2, 128, (Nic("virtio-net-device", MAC_VIRTIO_MMIO),)),
+    ),
+    Scenario(
+        "arm64-virt-2cpu-qemu10",
+        GuestConfig("small-arm64", "virt", 2, 128, (Nic("virtio-net-device", MAC_VIRTIO_MMIO),), qemu="10"),
+        "file",
+    ),
+    Scenario(
+        "arm64-virt-savevm",
+        GuestConfig("small-arm64", "virt", 1, 128, (Nic("virtio-net-device", MAC_VIRTIO_MMIO),), disk_mib=64),
+        "savevm",
+    ),
+    Scenario(
+        "linux-arm64-virt",
+        GuestConfig("linux-arm64", "virt", 1, 256, (Nic("virtio-net-device", MAC_VIRTIO_MMIO),)),
+    ),
+)
+
+
 #: Made under KVM (not in SCENARIOS: they need /dev/kvm). Written by the QEMU under KVM, so the
 #: stream has a kvmclock section and the cpu subsections only KVM fills (tsc_khz, ...). The CPU
 #: model is QEMU's default (qemu64) on both sides. The small guest runs on under KVM only with an
@@ -121,7 +149,7 @@ KVM_SCENARIOS: dict[str, Scenario] = _catalogue(
 def check_available(scenario: Scenario, work_dir: Path) -> None:
     """Raise QemuUnavailable / GuestUnavailable (both QemuError) if the scenario cannot run here;
     builds the guest if its files are missing."""
-    find_qemu(scenario.config.qemu)
+    find_qemu(scenario.config.qemu, scenario.config.target)
     if scenario.config.accel == "kvm":
         require_kvm(scenario.config.qemu)
     guest_image(scenario.config.kind, work_dir)

@@ -94,6 +94,19 @@ def parse_info_registers(text: str) -> dict[str, int]:
     return regs
 
 
+_AARCH64_PAIR = re.compile(r"\b(PC|X\d\d|SP|PSTATE|FPCR|FPSR)=([0-9a-f]+)\b")
+_AARCH64_Q = re.compile(r"\bQ(\d\d)=([0-9a-f]{16}):([0-9a-f]{16})\b")
+
+
+def parse_info_registers_aarch64(text: str) -> dict[str, int]:
+    """One aarch64 vCPU's ``info registers`` text -> {"PC", "X00".."X30", "SP", "PSTATE", "FPCR",
+    "FPSR", "Q00".."Q31" (128-bit)} (FPCR/FPSR/Q only when QEMU printed them: FPU enabled)."""
+    regs = {name: int(value, 16) for name, value in _AARCH64_PAIR.findall(text)}
+    for i, hi, lo in _AARCH64_Q.findall(text):
+        regs[f"Q{i}"] = int(hi, 16) << 64 | int(lo, 16)
+    return regs
+
+
 def split_cpus(text: str) -> list[str]:
     """``info registers -a`` text -> one chunk per vCPU (split at the ``CPU#N`` headers)."""
     chunks = re.split(r"^CPU#\d+\s*$", text, flags=re.M)
@@ -160,6 +173,8 @@ class RecordedState:
     network: dict[str, dict[str, str]] = field(default_factory=dict)
     rx_filter: list[dict[str, Any]] | None = None
     rx_filter_error: str | None = None
+    #: QEMU's gdbstub per vCPU ({"g": hex of the g packet, "p": {regnum hex: reply}}), where recorded
+    gdbstub: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
