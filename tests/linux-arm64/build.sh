@@ -160,8 +160,14 @@ awk 'NF == 3' "$B/kallsyms.txt" > "$B/System.map.tmp"
 # The cloud kernel has no CONFIG_KALLSYMS_ALL, so data symbols such as linux_banner are not in
 # kallsyms. The Image is the kernel from _text on, byte for byte, and nokaslr loads it at _text:
 # linux_banner is _text plus the offset of its text ("Linux version <release> ") in the Image.
+# _text itself is not in kallsyms either; the Image header's second word is `b primary_entry`
+# (Documentation/arm64/booting.rst), and primary_entry is: _text = primary_entry - 4 - 4 * imm26.
 if ! awk '$3 == "linux_banner"' "$B/System.map.tmp" | grep -q .; then
-    text=$(awk '$3 == "_text" { print $1; exit }' "$B/System.map.tmp")
+    entry=$(awk '$3 == "primary_entry" { print $1; exit }' "$B/System.map.tmp")
+    word=$(od -An -t u4 -j 4 -N 4 "$B/vmlinuz" | tr -d ' ')
+    [ $((word >> 26)) = 5 ] && [ -n "$entry" ] || { log "Image header: no 'b primary_entry' ($word)"; exit 1; }
+    imm=$((word & 0x3ffffff)); [ $imm -ge $((1 << 25)) ] && imm=$((imm - (1 << 26)))
+    text=$(printf '%x' $((0x$entry - 4 - 4 * imm)))
     off=$(grep -obaF "Linux version $KVER " "$B/vmlinuz" | head -1 | cut -d: -f1)
     [ -n "$text" ] && [ -n "$off" ] || { log "cannot locate linux_banner (_text '$text', offset '$off')"; exit 1; }
     printf '%016x D linux_banner\n' $((0x$text + off)) >> "$B/System.map.tmp"
