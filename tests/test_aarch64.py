@@ -9,11 +9,13 @@ QEMU resumes an edited snapshot; the Linux guest's own `uname -r`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from vmstate_gdb.arch.aarch64.elfnotes import FPREGSET_SIZE, PRSTATUS_SIZE, fpre
 from vmstate_gdb.arch.aarch64.paging import PageWalker
 from vmstate_gdb.errors import AddressError
 from vmstate_gdb.export.elfcore import read_core_notes, read_core_segments, write_core
-from vmstate_gdb.harness import Nic, restore
+from vmstate_gdb.harness import GuestConfig, Nic, restore
 from vmstate_gdb.mac import apply_mac_change, plan_mac_change
 from vmstate_gdb.snapshot import Snapshot
 from vmstate_gdb.symbols import load_symbols
@@ -378,3 +380,130 @@ def test_linux_banner_by_virtual_address(snapshot):
     assert text.startswith(f"Linux version {kver} ")
     out = gdb_multiarch(f"vmstate-open {meta.path}", f"x/s {banner:#x}", "info registers pc")
     assert "Linux version " in out and re.search(rf"^pc\s+0x{meta.state.registers[0]['PC']:x}\b", out, re.M)
+
+
+# -- exports, diff, capture -----------------------------------------------------------------------
+
+
+def vmstate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmstate_gdb", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_devices_json_edit_of_mac_and_register_resumes(snapshot, restored, tmp_path):
+    """export-devices --json, change the NIC's MAC and cpu[0]'s env.xregs[18] there, import, resume."""
+    meta = snapshot("arm64-virt-2cpu")
+    exported, out = tmp_path / "devices.json", str(tmp_path / "imported.vmstate")
+    run = vmstate("export-devices", meta.path, str(exported), "--json", "-q")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(exported.read_text())
+    doc["nics"][0]["mac"] = NEW_MAC
+    cpu0 = next(d for d in doc["devices"] if d["name"] == "cpu[0]")
+    xregs = next(f for f in cpu0["fields"] if f["name"] == "env.xregs")
+    assert xregs["items"][18]["value"] in ("1", "0x1")
+    xregs["items"][18]["value"] = "0x18a64"
+    exported.write_text(json.dumps(doc))
+    run = vmstate("import-devices", meta.path, str(exported), out)
+    assert run.returncode == 0, run.stderr
+    assert f"mac={NEW_MAC}" in run.stdout and "env.xregs[18]" in run.stdout, run.stdout
+    nics = tuple(Nic(n.model, NEW_MAC) for n in meta.config.nics)
+    vm = restored(dataclasses.replace(meta, path=out, config=dataclasses.replace(meta.config, nics=nics)))
+    t = [t for t in vm.wait_for_ticks(2) if t.n > meta.last_tick.n][-1]
+    assert (t.r12, t.hw_mac, t.sw_mac) == (0x18A64, NEW_MAC, meta.config.nics[0].mac)
+
+
+def test_inject_core_and_diff(snapshot, restored, tmp_path):
+    """A byte of guest_note and x18 changed in a `vmstate core` file go back in with inject-core;
+    `vmstate diff` names both; QEMU resumes the result with them."""
+    meta = snapshot("arm64-virt-2cpu")
+    core, out = tmp_path / "vm.core", str(tmp_path / "injected.vmstate")
+    assert vmstate("core", meta.path, str(core), "-q").returncode == 0
+    note_pa = syms()["guest_note"] - KERNEL_VA
+    data = bytearray(core.read_bytes())
+    seg = next(s for s in read_core_segments(str(core)) if s.paddr <= note_pa < s.paddr + s.size)
+    data[seg.offset + note_pa - seg.paddr : seg.offset + note_pa - seg.paddr + 4] = b"core"
+    desc = next(d for n, t, d in read_core_notes(str(core)) if n == b"CORE" and t == 1)
+    at = bytes(data).index(desc)
+    struct.pack_into("<Q", data, at + 112 + 18 * 8, 0xC0DE)  # pr_reg.regs[18] of vCPU 0
+    core.write_bytes(data)
+    run = vmstate("inject-core", meta.path, str(core), out)
+    assert run.returncode == 0, run.stderr
+    assert "cpu0 x18: 0x1 -> 0xc0de" in run.stdout and f"{note_pa:#x}" in run.stdout, run.stdout
+    diff = vmstate("diff", meta.path, out, "--json")
+    report = json.loads(diff.stdout)
+    assert {"cpu": 0, "register": "x18", "a": 1, "b": 0xC0DE} in report["registers"], report["registers"]
+    vm = restored(dataclasses.replace(meta, path=out))
+    t = [t for t in vm.wait_for_ticks(2) if t.n > meta.last_tick.n][-1]
+    assert t.r12 == 0xC0DE and t.note == "core"
+
+
+@pytest.mark.qemu10
+def test_capture_a_running_aarch64_vm_and_resume(qemu_vm, tmp_path):
+    """`vmstate capture` over QMP (QEMU 10, file: migration): the stream opens as aarch64 and the
+    command `vmstate resume-cmd` prints brings it back with the counter going on."""
+    from test_capture import Resumed
+
+    qmp = Path(tempfile.mkdtemp(prefix="vmcap-")) / "tool.qmp"
+    config = GuestConfig(
+        "small-arm64",
+        "virt",
+        2,
+        128,
+        (Nic("virtio-net-device", "52:54:00:ab:cd:05"),),
+        qemu="10",
+        extra_args=("-qmp", f"unix:{qmp},server=on,wait=off", "-name", "armvm"),
+    )
+    vm = qemu_vm(config, name="armvm")
+    vm.wait_for_ticks(2)
+    run = vmstate("capture", "--qmp", str(qmp), "-o", str(tmp_path / "out"), "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)["vms"][0]
+    assert report["ok"] and report["resumed"]
+    with Snapshot.open(report["path"]) as snap:
+        assert snap.arch.name == "aarch64" and snap.ncpus == 2 and snap.cpu(0)["x18"] == 1
+        assert [n.mac.hex(":") for n in snap.nics()] == ["52:54:00:ab:cd:05"]
+        captured = struct.unpack("<Q", snap.virtual(0).read(syms()["tick"], 8))[0]
+    assert 2 <= captured <= vm.ticks()[-1].n
+    vm.close()
+    resumed = Resumed(report["path"], tmp_path)
+    try:
+        resumed.cont()
+        ticks = resumed.ticks(2)
+        assert ticks and min(ticks) > captured and max(ticks) > min(ticks)
+    finally:
+        resumed.close()
+    shutil.rmtree(qmp.parent, ignore_errors=True)
+
+
+@pytest.mark.linux
+def test_linux_mac_edit_resumes(snapshot, restored, tmp_path):
+    """The MAC in virtio-net's state and in the kernel's memory (dev_addr): Linux's TICK shows it."""
+    meta = snapshot("linux-arm64-virt")
+    out = str(tmp_path / "linux-mac.vmstate")
+    run = vmstate("patch", meta.path, out, "--mac", NEW_MAC, "--memory")
+    assert run.returncode == 0, run.stderr
+    nics = tuple(Nic(n.model, NEW_MAC) for n in meta.config.nics)
+    vm = restored(dataclasses.replace(meta, path=out, config=dataclasses.replace(meta.config, nics=nics)))
+    ticks = [t for t in vm.wait_for_ticks(2, timeout=60) if t.n > meta.last_tick.n]
+    assert ticks and ticks[-1].mac == NEW_MAC and ticks[-1].iface == "eth0"
+
+
+def test_x86_gdb_refuses_an_aarch64_snapshot_in_one_line(snapshot):
+    meta = snapshot("arm64-virt-2cpu")
+    proc = subprocess.run(
+        [
+            "/usr/bin/gdb",
+            "-nx",
+            "-batch",
+            "-x",
+            str(ROOT / "vmstate.gdb"),
+            "-ex",
+            f"vmstate-open {meta.path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "this snapshot's guest is aarch64, which this gdb cannot debug (use gdb-multiarch)" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

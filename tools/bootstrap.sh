@@ -1,6 +1,7 @@
 #!/bin/bash
 # Set up everything vmstate_gdb's demo and tests need, on a fresh Debian 12 machine or an old one:
-#   apt packages (QEMU 7.2, qemu-utils, gdb, busybox-static, ...), QEMU 10 beside it (backports),
+#   apt packages (QEMU 7.2 for x86_64 and aarch64, qemu-utils, gdb, gdb-multiarch, the aarch64 cross
+#   gcc/binutils, busybox-static, ...), QEMU 10 beside it (backports),
 #   a virtualenv made with the system python3 (the interpreter Debian's gdb embeds) holding the
 #   package and its test extras, and the two test guests.
 # Idempotent and quick when everything is there. Needs root (or sudo) only to install packages.
@@ -9,7 +10,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VMSTATE_VENV:-$ROOT/.venv}
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
-APT_PACKAGES="qemu-system-x86 qemu-utils gdb busybox-static python3-venv python3-pip gcc make binutils xz-utils cpio"
+APT_PACKAGES="qemu-system-x86 qemu-system-arm qemu-utils gdb gdb-multiarch busybox-static python3-venv python3-pip gcc make binutils gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu xz-utils cpio"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -17,8 +18,8 @@ done
 if [ -n "$missing" ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     log "installing:$missing"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq $missing >/dev/null
 fi
 
 if [ "${VMSTATE_SKIP_QEMU10:-0}" != 1 ]; then
@@ -38,10 +39,12 @@ if [ ! -f "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
-log "building the small test guest"
+log "building the small test guests (x86_64, aarch64)"
 make -s -C "$ROOT/tests/guest" >&2
+make -s -C "$ROOT/tests/guest-arm64" >&2
 if [ "${VMSTATE_SKIP_LINUX:-0}" != 1 ]; then
-    log "building the Linux test guest"
+    log "building the Linux test guests (x86_64, aarch64)"
     bash "$ROOT/tests/linux/build.sh" >/dev/null
+    bash "$ROOT/tests/linux-arm64/build.sh" >/dev/null
 fi
 log "ready: $VENV/bin/vmstate, gdb -x $ROOT/vmstate.gdb"

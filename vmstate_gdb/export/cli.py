@@ -203,8 +203,12 @@ def register(sub) -> None:
         "--no-registers", action="store_true", help="ignore register changes in NT_PRSTATUS notes"
     )
 
-    sp = snap_cmd("disas", "disassemble guest code in the vCPU's mode, by default around rip", cmd_disas)
-    sp.add_argument("address", metavar="ADDR", nargs="?", help="address or symbol[+offset] (default: rip)")
+    sp = snap_cmd(
+        "disas", "disassemble guest code in the vCPU's mode, by default around its pc (rip)", cmd_disas
+    )
+    sp.add_argument(
+        "address", metavar="ADDR", nargs="?", help="address or symbol[+offset] (default: the vCPU's pc)"
+    )
     sp.add_argument("--cpu", type=int, default=0, help="the vCPU whose mode and page tables to use")
     sp.add_argument("-n", "--count", type=int, default=10, help="instructions from ADDR (default 10)")
     sp.add_argument("--phys", action="store_true", help="ADDR is guest-physical")

@@ -155,7 +155,7 @@ class VmstateClose(gdb.Command):
 
 
 class InfoVmstate(gdb.Command):
-    """Show the open snapshot: file, vCPUs (mode, paging, rip), memory mode, NICs, pending edits."""
+    """Show the open snapshot: file, vCPUs (mode, paging, pc), memory mode, NICs, pending edits."""
 
     command_name = "info vmstate"
 

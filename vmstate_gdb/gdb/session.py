@@ -91,6 +91,15 @@ class Session:
             self.close()
             raise SessionError(line.removeprefix("error: ") or "the snapshot server did not start")
         self.path = path
+        fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+        wanted = fields.get("arch")
+        names = getattr(gdb, "architecture_names", None)  # gdb >= 12
+        if wanted and names is not None and wanted not in names():
+            self.close()
+            raise SessionError(
+                f"this snapshot's guest is {wanted}, which this gdb cannot debug "
+                f"(use {fields.get('gdb', 'gdb-multiarch')})"
+            )
         try:
             gdb.execute(f"target remote {self.socket}", to_string=True)
         except gdb.error as e:

@@ -62,7 +62,8 @@ def _tail_file(path: Path, lines: int = 25) -> str:
 
 
 class QemuVM:
-    """A qemu-system-x86_64 (or -aarch64, for `virt`) for ``config``. Use as a context manager, or call :meth:`close`.
+    """A qemu-system-x86_64 (or -aarch64, for `virt`) for ``config``. Use as a context manager, or
+    call :meth:`close`.
 
     ``incoming`` is passed as ``-incoming`` (``"exec:cat FILE"``, ``"defer"``); ``paused`` adds ``-S``;
     ``disk`` is the qcow2 path (created with the matching qemu-img if missing) when the config

@@ -81,7 +81,11 @@ def run(args) -> int:
             print(f"error: cannot listen on {args.socket or args.listen}: {e.strerror or e}", flush=True)
             return 1
         where = args.socket or "{}:{}".format(*sock.getsockname()[:2])
-        print(f"ready {where} vcpus={snap.ncpus}", flush=True)
+        arch = snap.arch
+        print(
+            f"ready {where} vcpus={snap.ncpus} arch={arch.gdb_architecture} gdb={arch.gdb_program}",
+            flush=True,
+        )
         if args.accept_timeout:
             sock.settimeout(args.accept_timeout)
         try:

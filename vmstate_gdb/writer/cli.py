@@ -128,7 +128,10 @@ def register(sub) -> None:
     sp.add_argument("--phys", action="store_true", help="--write addresses are guest-physical")
     sp.add_argument("--cpu", type=int, default=0, help="vCPU for --write translation and --reg")
     sp.add_argument(
-        "--reg", action="append", metavar="[CPU:]NAME=VALUE", help="a vCPU register (rax, rip, cr3...)"
+        "--reg",
+        action="append",
+        metavar="[CPU:]NAME=VALUE",
+        help="a vCPU register (rax, rip, cr3...; x0, pc, sp, ttbr1_el1... on aarch64)",
     )
     sp.add_argument("--format", choices=("stream", "qcow2"), help="output kind (default: as the input)")
     sp.add_argument("--snapshot-name", help="qcow2: rename the edited snapshot (same length)")
