@@ -115,6 +115,18 @@ ARM_SCENARIOS: dict[str, Scenario] = _catalogue(
         GuestConfig("small-arm64", "virt", 2, 128, (Nic("virtio-net-device", MAC_VIRTIO_MMIO),), qemu="10"),
         "file",
     ),
+    # suppress-vmdesc: no VMDESCRIPTION, the cpu section is decoded from its fixed layout alone
+    Scenario(
+        "arm64-virt-novmdesc",
+        GuestConfig(
+            "small-arm64",
+            "virt",
+            2,
+            128,
+            (Nic("virtio-net-device", MAC_VIRTIO_MMIO),),
+            extra_args=("-machine", "suppress-vmdesc=on"),
+        ),
+    ),
     Scenario(
         "arm64-virt-savevm",
         GuestConfig("small-arm64", "virt", 1, 128, (Nic("virtio-net-device", MAC_VIRTIO_MMIO),), disk_mib=64),
