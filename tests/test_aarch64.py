@@ -286,8 +286,12 @@ def test_gdb_multiarch_reads_symbols_registers_and_threads(snapshot):
         "echo ==regs1==\\n",
         "info registers x5 x30 pc",
         "x/i $pc",
+        "monitor phys on",
+        "echo ==phys==\\n",
+        "x/2wx 0x40103008",
         args=(str(ARM_ELF),),
     )
+    assert re.search(r"0x40103008:\s+0x454d4753\s+0x5641534d", out.split("==phys==")[1]), out
     assert re.search(r"^\* 1\s+Thread 1 \(CPU#0", out, re.M) and re.search(
         r"^  2\s+Thread 2 \(CPU#1", out, re.M
     )
@@ -298,7 +302,7 @@ def test_gdb_multiarch_reads_symbols_registers_and_threads(snapshot):
     assert re.search(rf"^sp\s+0x{qemu0['SP']:x}\b", regs0, re.M)
     assert re.search(r"^x18\s+0x1\b", regs0, re.M) and re.search(r"^ttbr1_el1\s+0x40105000\b", regs0, re.M)
     assert "0xfedcba98765432100123456789abcdef" in regs0
-    regs1 = out.split("==regs1==")[1]
+    regs1 = out.split("==regs1==")[1].split("==phys==")[0]
     assert re.search(r"^x5\s+0xa64c0de000000005\b", regs1, re.M)
     assert re.search(rf"^pc\s+0x{qemu1['PC']:x}\b", regs1, re.M) and "secondary_park" in regs1
 
@@ -367,15 +371,25 @@ def test_core_opens_in_gdb_multiarch(snapshot, tmp_path):
 
 
 @pytest.mark.linux
-def test_linux_banner_by_virtual_address(snapshot):
-    meta = snapshot("linux-arm64-virt")
+@pytest.mark.parametrize(
+    "name", ["linux-arm64-virt", pytest.param("linux-arm64-virt-qemu10", marks=pytest.mark.qemu10)]
+)
+def test_linux_banner_by_virtual_address(snapshot, name):
+    meta = snapshot(name)
     banner = next(
         int(a, 16) for a, _t, n in (line.split() for line in open(ARM_LINUX_MAP)) if n == "linux_banner"
     )
     kver = (ROOT / "tests/linux-arm64/build/kernel-version").read_text().split()[2]  # the package's
     with Snapshot.open(meta.path) as snap:
         assert snap.arch.name == "aarch64" and snap.cpu(0).paging_mode == "4k"
-        text = snap.virtual(0).read(banner, 200).split(b"\0")[0].decode()
+        for cpu, qemu in zip(snap.cpus, meta.state.registers, strict=True):  # a real kernel's vCPUs
+            assert (cpu.pc, cpu.sp, cpu["pstate"], cpu["x0"]) == (
+                qemu["PC"],
+                qemu["SP"],
+                qemu["PSTATE"],
+                qemu["X00"],
+            )
+        text = snap.virtual(snap.ncpus - 1).read(banner, 200).split(b"\0")[0].decode()
         assert snap.arch.page_table_root(snap.cpu(0)) == snap.cpu(0)["ttbr1_el1"]
         assert [n.mac for n in snap.nics()] == [bytes.fromhex(meta.config.nics[0].mac.replace(":", ""))]
     assert text.startswith(f"Linux version {kver} ")
@@ -508,3 +522,18 @@ def test_x86_gdb_refuses_an_aarch64_snapshot_in_one_line(snapshot):
     )
     assert "this snapshot's guest is aarch64, which this gdb cannot debug (use gdb-multiarch)" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_cli_patch_register_and_mac_resume(snapshot, restored, tmp_path):
+    meta = snapshot("arm64-virt-2cpu")
+    out = str(tmp_path / "patched.vmstate")
+    bad = vmstate("patch", meta.path, out, "--reg", "0:rax=1")
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    assert "unknown register 'rax'" in bad.stderr and "x0..x30" in bad.stderr and not Path(out).exists()
+    run = vmstate("patch", meta.path, out, "--reg", "0:x18=0x99", "--mac", NEW_MAC, "--memory")
+    assert run.returncode == 0, run.stderr
+    assert "qemu-system-aarch64" in run.stdout and f"mac={NEW_MAC}" in run.stdout, run.stdout
+    nics = tuple(Nic(n.model, NEW_MAC) for n in meta.config.nics)
+    vm = restored(dataclasses.replace(meta, path=out, config=dataclasses.replace(meta.config, nics=nics)))
+    t = [t for t in vm.wait_for_ticks(2) if t.n > meta.last_tick.n][-1]
+    assert (t.r12, t.sw_mac, t.hw_mac) == (0x99, NEW_MAC, NEW_MAC)

@@ -29,8 +29,10 @@ STAMP="$PREFIX/.vmstate-qemu10.stamp"
 BPO_LIST=/etc/apt/sources.list.d/vmstate-bookworm-backports.list
 MIRROR="http://deb.debian.org/debian"
 ARCH_TRIPLET=x86_64-linux-gnu
-# Bump when the package set / wrapper layout changes: older installs are redone.
-LAYOUT=2
+# Bump when the package set / wrapper layout changes: older installs are redone. (The aarch64
+# wrapper did not bump it: wrappers_ok asks for it, so an install without it is redone, while
+# older checkouts sharing the prefix keep accepting the fuller install instead of redoing it.)
+LAYOUT=1
 
 log() { printf 'install-qemu10: %s\n' "$*"; }
 die() { printf 'install-qemu10: ERROR: %s\n' "$*" >&2; exit 1; }

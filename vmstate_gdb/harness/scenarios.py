@@ -136,6 +136,11 @@ ARM_SCENARIOS: dict[str, Scenario] = _catalogue(
         "linux-arm64-virt",
         GuestConfig("linux-arm64", "virt", 1, 256, (Nic("virtio-net-device", MAC_VIRTIO_MMIO),)),
     ),
+    Scenario(
+        "linux-arm64-virt-qemu10",
+        GuestConfig("linux-arm64", "virt", 2, 256, (Nic("virtio-net-device", MAC_VIRTIO_MMIO),), qemu="10"),
+        "file",
+    ),
 )
 
 
