@@ -347,6 +347,7 @@ def _register_optional(sub) -> None:
         "vmstate_gdb.rsp.cli",
         "vmstate_gdb.export.cli",
         "vmstate_gdb.capture.cli",
+        "vmstate_gdb.os.linux.cli",
     ):
         try:
             mod = importlib.import_module(module)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ..arch.x86_64.cpu import X86Cpu
 from ..errors import SaveError, UnsupportedError, VmstateError
 from ..machine import PhysicalRange
+from ..os.linux.vmcoreinfo import VmcoreInfo, find_vmcoreinfo
 from ..snapshot import Snapshot
 
 # include/elf.h
@@ -90,9 +91,6 @@ QEMU_CPUSTATE_GPRS = (
     "eflags",
 )
 QEMU_CPUSTATE_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr", "gdt", "idt")
-# hw/nvram/fw_cfg.h
-FW_CFG_VMCOREINFO_FORMAT_ELF = 1
-VMCOREINFO_NAME = b"VMCOREINFO"
 DATA_ALIGN = 4096
 MAX_ALIASES = 8  # virtual mappings kept per physical page in --virtual cores
 
@@ -139,69 +137,6 @@ def qemu_cpustate_note(cpu: X86Cpu) -> bytes:
     body += struct.pack("<Q", cpu["kernel_gs_base"])
     desc = struct.pack("<II", QEMU_CPUSTATE_VERSION, 8 + len(body)) + body
     return make_note(b"QEMU", 0, desc)
-
-
-# -- VMCOREINFO ---------------------------------------------------------------------------------
-
-
-@dataclass
-class VmcoreInfo:
-    note: bytes  # the complete ELF note, as the guest wrote it
-    source: str  # where it came from, for the report
-
-    @property
-    def text(self) -> str:
-        namesz, descsz, _ = NHDR.unpack_from(self.note)
-        start = NHDR.size + _align(namesz, 4)
-        return self.note[start : start + descsz].decode("ascii", "replace")
-
-
-def _parse_guest_note(data: bytes) -> bytes | None:
-    if len(data) < NHDR.size:
-        return None
-    namesz, descsz, _ = NHDR.unpack_from(data)
-    size = NHDR.size + _align(namesz, 4) + _align(descsz, 4)
-    if namesz == 0 or namesz > 64 or descsz > 1 << 20 or size > len(data):
-        return None
-    return data[:size]
-
-
-def find_vmcoreinfo(snap: Snapshot) -> VmcoreInfo | None:
-    """The guest's VMCOREINFO note: from the `vmcoreinfo` device (fw_cfg etc/vmcoreinfo, filled by
-    Linux when QEMU runs with -device vmcoreinfo), else the note Linux keeps in RAM, found like
-    crash finds it: the note header "VMCOREINFO" followed by "OSRELEASE="."""
-    dev = snap.devices.device("vmcoreinfo")
-    if dev is not None:
-        try:
-            present = snap.field_value(f"{dev.key}/has_vmcoreinfo")
-            fmt = snap.field_value(f"{dev.key}/vmcoreinfo.guest_format")
-            size = snap.field_value(f"{dev.key}/vmcoreinfo.size")
-            paddr = snap.field_value(f"{dev.key}/vmcoreinfo.paddr")
-            if present and fmt == FW_CFG_VMCOREINFO_FORMAT_ELF and 0 < size <= 1 << 20:
-                note = _parse_guest_note(snap.physical.read(paddr, size))
-                if note is not None:
-                    return VmcoreInfo(note, f"fw_cfg etc/vmcoreinfo at physical {paddr:#x}")
-        except VmstateError:
-            pass
-    marker = VMCOREINFO_NAME + b"\0\0OSRELEASE="  # name padded to 4 bytes, then the text
-    for r in snap.physical.ranges:
-        if r.kind != "ram":
-            continue
-        pos = r.start
-        while True:
-            hit = snap.physical.search(marker, pos, r.end)
-            if hit is None:
-                break
-            head = hit - NHDR.size
-            if head >= r.start:
-                namesz, descsz, ntype = NHDR.unpack(snap.physical.read(head, NHDR.size))
-                if namesz == len(VMCOREINFO_NAME) + 1 and ntype == 0 and 0 < descsz <= 1 << 16:
-                    size = NHDR.size + 12 + _align(descsz, 4)
-                    note = snap.physical.readable_prefix(head, size)
-                    if len(note) == size:
-                        return VmcoreInfo(note, f"found in RAM at physical {head:#x}")
-            pos = hit + 1
-    return None
 
 
 # -- segments -----------------------------------------------------------------------------------
