@@ -23,15 +23,23 @@ from ..errors import SaveError, UnsupportedError, VmstateError
 from ..machine import PhysicalRange
 from ..os.linux.vmcoreinfo import VmcoreInfo, find_vmcoreinfo
 from ..snapshot import Snapshot
-
-# include/elf.h
-ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE, EM_X86_64 = 2, 1, 1, 4, 62
-PT_LOAD, PT_NOTE = 1, 4
-NT_PRSTATUS = 1
-PN_XNUM = 0xFFFF
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-PHDR = struct.Struct("<IIQQQQQQ")
-NHDR = struct.Struct("<III")
+from .elf import (  # noqa: F401  (NHDR, make_note: part of this module's interface)
+    EHDR,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    EM_X86_64,
+    ET_CORE,
+    NHDR,
+    NT_PRSTATUS,
+    PHDR,
+    PN_XNUM,
+    PT_LOAD,
+    PT_NOTE,
+    ProgramHeader,
+    align,
+    core_headers,
+    make_note,
+)
 
 # target/i386/arch_dump.c: x86_64_elf_prstatus is pad1[32], pid, pad2[76], user_regs, pad3[8].
 PRSTATUS_SIZE = 336
@@ -93,20 +101,6 @@ QEMU_CPUSTATE_GPRS = (
 QEMU_CPUSTATE_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr", "gdt", "idt")
 DATA_ALIGN = 4096
 MAX_ALIASES = 8  # virtual mappings kept per physical page in --virtual cores
-
-
-def _align(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
-def make_note(name: bytes, note_type: int, desc: bytes) -> bytes:
-    """One ELF note: header, NUL-terminated name and desc, each padded to 4 bytes (as QEMU does)."""
-    name_z = name + b"\0"
-    return (
-        NHDR.pack(len(name_z), len(desc), note_type)
-        + name_z.ljust(_align(len(name_z), 4), b"\0")
-        + desc.ljust(_align(len(desc), 4), b"\0")
-    )
 
 
 def user_regs(cpu: X86Cpu) -> dict[str, int]:
@@ -232,12 +226,12 @@ def plan_core(snap: Snapshot, virtual: bool = False, cpu_index: int = 0) -> Core
     if phnum >= PN_XNUM:
         raise UnsupportedError(f"{len(segments)} segments; more than ELF's {PN_XNUM - 1} program headers")
     notes_offset = EHDR.size + PHDR.size * phnum
-    data_offset = _align(notes_offset + len(notes), DATA_ALIGN)
+    data_offset = align(notes_offset + len(notes), DATA_ALIGN)
     range_offsets = []
     pos = data_offset
     for r in ranges:
         range_offsets.append((r, pos))
-        pos += _align(r.size, DATA_ALIGN)
+        pos += align(r.size, DATA_ALIGN)
     for s in segments:
         for r, off in range_offsets:
             if r.start <= s.paddr < r.end:
@@ -247,17 +241,11 @@ def plan_core(snap: Snapshot, virtual: bool = False, cpu_index: int = 0) -> Core
 
 
 def _headers(layout: CoreLayout) -> bytes:
-    phnum = 1 + len(layout.segments)
-    ident = b"\x7fELF" + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
-    out = EHDR.pack(
-        ident, ET_CORE, EM_X86_64, EV_CURRENT, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, phnum, 0, 0, 0
-    )
-    notes_offset = EHDR.size + PHDR.size * phnum
-    out += PHDR.pack(PT_NOTE, 0, notes_offset, 0, 0, len(layout.notes), len(layout.notes), 0)
-    for s in layout.segments:
-        # p_flags 0 and p_align 0, as QEMU writes them
-        out += PHDR.pack(PT_LOAD, 0, s.offset, s.vaddr, s.paddr, s.size, s.size, 0)
-    return out
+    notes_offset = EHDR.size + PHDR.size * (1 + len(layout.segments))
+    # p_flags 0 and p_align 0, as QEMU writes them
+    phdrs = [ProgramHeader(PT_NOTE, notes_offset, 0, 0, len(layout.notes), len(layout.notes))]
+    phdrs += [ProgramHeader(PT_LOAD, s.offset, s.vaddr, s.paddr, s.size, s.size) for s in layout.segments]
+    return core_headers(EM_X86_64, phdrs)
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -381,7 +369,7 @@ def read_core_notes(path: str) -> list[tuple[bytes, int, bytes]]:
                 namesz, descsz, ntype = NHDR.unpack_from(data, pos)
                 pos += NHDR.size
                 name = data[pos : pos + namesz].rstrip(b"\0")
-                pos += _align(namesz, 4)
+                pos += align(namesz, 4)
                 out.append((name, ntype, data[pos : pos + descsz]))
-                pos += _align(descsz, 4)
+                pos += align(descsz, 4)
     return out

@@ -17,7 +17,9 @@ from typing import Any
 
 from vmstate_gdb.errors import QemuError
 
-GUEST_KINDS = ("small", "linux", "dummy")
+#: linux-kaslr: the Linux guest booted without nokaslr (kernel text, modules and the direct map
+#: at random addresses, as distribution kernels run)
+GUEST_KINDS = ("small", "linux", "linux-kaslr", "dummy")
 MACHINES = ("pc", "q35")
 NIC_MODELS = ("e1000", "rtl8139", "virtio-net-pci")
 QEMU_GENERATIONS = ("7.2", "10")

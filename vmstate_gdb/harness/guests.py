@@ -72,7 +72,7 @@ def build_guest(kind: str, root: Path | None = None) -> None:
         if not (root / "tests/guest/Makefile").exists():
             raise GuestUnavailable(f"tests/guest/Makefile is missing under {root}")
         _run_build(["make", "-C", str(root / "tests/guest")], root, 600, "building the small guest")
-    elif kind == "linux":
+    elif kind in ("linux", "linux-kaslr"):
         script = root / "tests/linux/build.sh"
         if not script.exists():
             raise GuestUnavailable(f"{script} is missing")
@@ -101,7 +101,7 @@ def small_guest(root: Path | None = None, build: bool = True) -> GuestImage:
     return GuestImage("small", ("-kernel", str(elf)), r"GUEST READY", 30.0)
 
 
-def linux_guest(root: Path | None = None, build: bool = True) -> GuestImage:
+def linux_guest(root: Path | None = None, build: bool = True, kaslr: bool = False) -> GuestImage:
     root = root or repo_root()
     out = root / "tests/linux/build"
     files = [out / "vmlinuz", out / "initrd.img", out / "kernel.cmdline"]
@@ -111,8 +111,11 @@ def linux_guest(root: Path | None = None, build: bool = True) -> GuestImage:
     if missing:
         raise GuestUnavailable(f"linux guest files missing: {', '.join(missing)} (run tests/linux/build.sh)")
     cmdline = (out / "kernel.cmdline").read_text().strip()
+    if kaslr:
+        # the bzImage's decompressor picks the random offsets, so boot vmlinuz (not the PVH vmlinux)
+        cmdline = " ".join(w for w in cmdline.split() if w != "nokaslr")
     return GuestImage(
-        "linux",
+        "linux-kaslr" if kaslr else "linux",
         ("-kernel", str(out / "vmlinuz"), "-initrd", str(out / "initrd.img"), "-append", cmdline),
         r"LINUX READY",
         180.0,
@@ -132,6 +135,8 @@ def guest_image(kind: str, work_dir: Path, build: bool = True) -> GuestImage:
         return small_guest(build=build)
     if kind == "linux":
         return linux_guest(build=build)
+    if kind == "linux-kaslr":
+        return linux_guest(build=build, kaslr=True)
     if kind == "dummy":
         return dummy_guest(work_dir)
     raise ValueError(f"unknown guest kind {kind!r}")

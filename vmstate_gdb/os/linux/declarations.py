@@ -41,6 +41,8 @@ GLOBALS: dict[str, str] = {
     "__cpu_possible_mask": "struct cpumask",
     "__cpu_present_mask": "struct cpumask",
     "__cpu_active_mask": "struct cpumask",
+    # the vDSO every process maps (arch/x86/entry/vdso/vdso-image-64.c)
+    "vdso_image_64": "const struct vdso_image",
     # modules (kernel/module/main.c)
     "modules": "struct list_head",
     # kernel log (kernel/printk/printk.c; log_buf is the pre-5.10 path)

@@ -28,6 +28,7 @@ class Vma:
     inode: int
     name: str  # file path, [heap], [stack], [vdso], ... or ""
     file_backed: bool
+    anonymous: bool  # plain anonymous memory (no file, no vm_ops): untouched pages read as zeros
     anonymous_pages: bool  # has an anon_vma: some pages were written (private copies)
 
     @property
@@ -41,9 +42,10 @@ class Vma:
         )
 
     def maps_line(self) -> str:
-        """The /proc/PID/maps line (show_map_vma's format)."""
-        head = f"{self.start:08x}-{self.end:08x} {self.perms} {self.offset:08x} {self.device} {self.inode}"
-        return f"{head:<72} {self.name}".rstrip() if self.name else head
+        """The /proc/PID/maps line, byte for byte: show_map_vma() ends the header with a space and
+        pads it to 72 columns before a name."""
+        head = f"{self.start:08x}-{self.end:08x} {self.perms} {self.offset:08x} {self.device} {self.inode} "
+        return f"{head:<72} {self.name}" if self.name else head
 
     def as_dict(self) -> dict:
         return {**asdict(self), "perms": self.perms}
@@ -78,6 +80,7 @@ def process_vmas(kernel: LinuxKernel, task: Object) -> list[Vma]:
                 inode=ino,
                 name=vma_name(vma).decode(errors="replace"),
                 file_backed=bool(vm_file),
+                anonymous=not vm_file and not vma.vm_ops,
                 anonymous_pages=bool(vma.anon_vma),
             )
         )
@@ -95,19 +98,40 @@ class OpenFile:
         return asdict(self)
 
 
+#: pseudo file systems whose dentries have a d_dname(), and the name it gives (fs/pipe.c, net/socket.c,
+#: fs/anon_inodes.c): readlink of /proc/PID/fd/N shows these instead of a path
+_PSEUDO_NAMES = {
+    "pipefs": "pipe:[{ino}]",
+    "sockfs": "socket:[{ino}]",
+    "anon_inodefs": "anon_inode:{name}",
+}
+
+
+def file_path(file: Object) -> str:
+    """What readlink /proc/PID/fd/N shows for an open file."""
+    from drgn.helpers.linux.fs import d_path
+
+    dentry = file.f_path.dentry
+    fs_name = dentry.d_sb.s_type.name.string_().decode(errors="replace")
+    pseudo = _PSEUDO_NAMES.get(fs_name)
+    if pseudo is not None:
+        name = dentry.d_name.name.string_().decode(errors="replace")
+        return pseudo.format(ino=file.f_inode.i_ino.value_(), name=name)
+    try:
+        return d_path(file.f_path).decode(errors="replace")
+    except (LookupError, ValueError):
+        return "?"
+
+
 def open_files(kernel: LinuxKernel, task: Object) -> list[OpenFile]:
-    from drgn.helpers.linux.fs import d_path, for_each_file
+    from drgn.helpers.linux.fs import for_each_file
 
     if not task.files:
         return []
-    out = []
-    for fd, file in for_each_file(task):
-        try:
-            path = d_path(file.f_path).decode(errors="replace")
-        except (LookupError, ValueError):
-            path = "?"
-        out.append(OpenFile(fd, path, file.f_flags.value_(), file.f_pos.value_()))
-    return out
+    return [
+        OpenFile(fd, file_path(file), file.f_flags.value_(), file.f_pos.value_())
+        for fd, file in for_each_file(task)
+    ]
 
 
 def threads(kernel: LinuxKernel, task: Object) -> list[Object]:
@@ -259,9 +283,9 @@ class PageRun:
 
 
 def vma_pages(kernel: LinuxKernel, space, vma: Vma) -> list[PageRun]:
-    """Split a VMA by what the task's page tables say of each page. Untouched pages of an
-    anonymous mapping read as zeros; untouched pages of a file mapping, and swapped-out pages,
-    are absent: their contents are not in guest RAM."""
+    """Split a VMA by what the task's page tables say of each page. Untouched pages of plain
+    anonymous memory read as zeros; those of the vDSO are the kernel's vDSO image; untouched pages
+    of file and other special mappings, and swapped-out pages, are absent: not in guest RAM."""
     runs: list[PageRun] = []
 
     def add(start: int, end: int, state: str, phys: int | None = None) -> None:
@@ -273,12 +297,23 @@ def vma_pages(kernel: LinuxKernel, space, vma: Vma) -> list[PageRun]:
             return
         runs.append(PageRun(start, end, state, [phys] if phys is not None else None))
 
-    untouched = "absent" if vma.file_backed else "zero"
+    vdso = _vdso_pages(kernel) if vma.name == "[vdso]" else None
+
+    def untouched(lo: int, hi: int) -> None:
+        for page in range(lo, hi, 4096):
+            index = (page - vma.start) // 4096
+            if vma.anonymous:
+                add(page, page + 4096, "zero")
+            elif vdso is not None and index < len(vdso):
+                add(page, page + 4096, "present", vdso[index])
+            else:
+                add(page, page + 4096, "absent")
+
     pos = vma.start
     for va, size, phys, _entry in space.walker.leaves(vma.start, vma.end):
         lo, hi = max(va, vma.start), min(va + size, vma.end)
         if lo > pos:
-            add(pos, lo, untouched)
+            untouched(pos, lo)
         if phys is None:
             add(lo, hi, "absent")
         else:
@@ -286,5 +321,17 @@ def vma_pages(kernel: LinuxKernel, space, vma: Vma) -> list[PageRun]:
                 add(page, page + 4096, "present", phys + (page - va))
         pos = hi
     if pos < vma.end:
-        add(pos, vma.end, untouched)
+        untouched(pos, vma.end)
     return runs
+
+
+def _vdso_pages(kernel: LinuxKernel) -> list[int] | None:
+    """Physical pages of the kernel's 64-bit vDSO image (arch/x86/entry/vdso: vdso_image_64),
+    which every process maps as [vdso] and which a page fault would map in."""
+    try:
+        image = kernel.prog["vdso_image_64"]
+        start, size = image.data.value_(), image.size.value_()
+        space = kernel.kernel_space()
+        return [space.translate(start + off).physical for off in range(0, size, 4096)]
+    except (LookupError, AttributeError, ValueError):
+        return None
