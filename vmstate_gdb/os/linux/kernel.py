@@ -77,8 +77,9 @@ class LinuxKernel:
         self.prog = Program(_platform(snap), vmcoreinfo=info.text.encode())
         for r in snap.physical.ranges:
             self.prog.add_memory_segment(r.start, r.size, self._read_physical, physical=True)
+        # before the target is set: drgn's plugins (ours too) look at the Program then
+        self.prog.cache["vmstate_kernel"] = self
         self.prog.set_linux_kernel_custom(info.text.encode(), False)
-        self.prog.cache["vmstate_kernel"] = self  # helpers given only the Program can get back here
         timings = {"vmcoreinfo_s": time.monotonic() - t0}
         if vmlinux:
             symbols, types = self._load_vmlinux(vmlinux)
@@ -113,6 +114,13 @@ class LinuxKernel:
         loaded = load_debug_info_from_memory(self.prog, self.vmcoreinfo, self.snap.path, use_cache, timings)
         self.btf_types = loaded.types
         return loaded.symbols_source, loaded.types_source
+
+    def btf_blob(self) -> bytes:
+        """The kernel's BTF as it is in guest memory (for bpftool and the like)."""
+        types = getattr(self, "btf_types", None)
+        if types is None:
+            raise LinuxError("the kernel's types come from a vmlinux here, not from BTF", self.snap.path)
+        return types.btf.data
 
     def _load_vmlinux(self, vmlinux: str) -> tuple[str, str]:
         prog = self.prog

@@ -34,6 +34,14 @@ class VmcoreInfo:
     note: bytes  # the complete ELF note, as the guest wrote it
     source: str  # where it came from, for the report
 
+    @classmethod
+    def from_text(cls, text: str, source: str) -> VmcoreInfo:
+        """From the note's text alone (drgn's ``prog["VMCOREINFO"]``)."""
+        desc = text.encode()
+        head = NOTE_HEADER.pack(len(NAME) + 1, len(desc), 0)
+        name = (NAME + b"\0").ljust(_align4(len(NAME) + 1), b"\0")
+        return cls(head + name + desc.ljust(_align4(len(desc)), b"\0"), source)
+
     @property
     def text(self) -> str:
         namesz, descsz, _ = NOTE_HEADER.unpack_from(self.note)
