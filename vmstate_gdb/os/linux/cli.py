@@ -90,6 +90,7 @@ def register(sub) -> None:
     sp.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script (sys.argv[1:])")
     _linux_options(sp)
     sp.set_defaults(func=cmd_drgn)
+    sp.passes_rest_on = True
 
     sp = sub.add_parser(
         "app-core",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import drgn
 from drgn import Object
 
 from .kernel import LinuxKernel
 
-PF_KTHREAD = 0x00200000  # include/linux/sched.h
+PF_WQ_WORKER, PF_KTHREAD = 0x00000020, 0x00200000  # include/linux/sched.h
 
 
 @dataclass
@@ -17,7 +18,8 @@ class TaskRow:
     tgid: int
     ppid: int
     state: str  # ps's letter: R, S, D, T, t, X, Z, P, I
-    comm: str
+    comm: str  # task->comm (15 characters at most)
+    name: str  # as /proc/PID/stat shows it: a kernel thread's full name where it has one
     cpu: int  # the Linux CPU the task last ran on
     vcpu: int | None  # the vCPU running it at the snapshot, if any
     kernel_thread: bool
@@ -30,6 +32,33 @@ class TaskRow:
 
 def comm(task: Object) -> str:
     return task.comm.string_().decode(errors="replace")
+
+
+def proc_name(task: Object) -> str:
+    """The name /proc shows (proc_task_name()): a workqueue worker's comm with its latest work's
+    description ("kworker/0:1-events", '+' while it runs one); another kernel thread's untruncated
+    name, which since Linux 6.1 (commit d6986ce24fc0 "kthread: dynamically allocate memory to store
+    kthread's full name") its struct kthread keeps; else task->comm."""
+    name = comm(task)
+    flags = task.flags.value_()
+    if not flags & PF_KTHREAD:
+        return name
+    try:
+        kthread = drgn.cast("struct kthread *", task.worker_private)
+        if not kthread:
+            return name
+        if flags & PF_WQ_WORKER:
+            worker = drgn.cast("struct worker *", kthread.data)
+            desc = worker.desc.string_().decode(errors="replace")
+            if worker.pool and desc:
+                return f"{name}{'+' if worker.current_work else '-'}{desc}"
+            return name
+        full = kthread.full_name.read_()
+        if full:
+            return full.string_().decode(errors="replace")
+    except (AttributeError, LookupError, drgn.FaultError):
+        pass
+    return name
 
 
 def task_row(kernel: LinuxKernel, task: Object, running: dict[int, int]) -> TaskRow:
@@ -46,6 +75,7 @@ def task_row(kernel: LinuxKernel, task: Object, running: dict[int, int]) -> Task
         ppid=parent.tgid.value_() if parent and parent.value_() != task.value_() else 0,
         state=task_state_to_char(task),
         comm=comm(task),
+        name=proc_name(task),
         cpu=task_cpu(task),
         vcpu=running.get(task.value_()),
         kernel_thread=bool(task.flags.value_() & PF_KTHREAD),

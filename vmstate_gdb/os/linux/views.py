@@ -23,7 +23,7 @@ def render_ps(kernel, pid: str | None = None) -> tuple[list[dict], str]:
     lines = [f"{'PID':>7} {'TGID':>7} {'PPID':>7} S {'CPU':>3} {'VCPU':>4} {'UID':>5} COMM"]
     for r in rows:
         vcpu = "-" if r.vcpu is None else str(r.vcpu)
-        name = f"[{r.comm}]" if r.kernel_thread else r.comm
+        name = f"[{r.name}]" if r.kernel_thread else r.name
         lines.append(f"{r.pid:>7} {r.tgid:>7} {r.ppid:>7} {r.state} {r.cpu:>3} {vcpu:>4} {r.uid:>5} {name}")
     return [r.as_dict() for r in rows], "\n".join(lines)
 
