@@ -167,7 +167,10 @@ def test_btf_refuses_broken_blobs():
 
 
 def test_vmcoreinfo_fields():
-    text = "OSRELEASE=6.1.0-57-amd64\nBUILD-ID=6a2b4ac7\nSYMBOL(_stext)=ffffffff81000000\nNUMBER(phys_base)=0\nKERNELOFFSET=2a000000\n"
+    text = (
+        "OSRELEASE=6.1.0-57-amd64\nBUILD-ID=6a2b4ac7\nSYMBOL(_stext)=ffffffff81000000\n"
+        "NUMBER(phys_base)=0\nKERNELOFFSET=2a000000\n"
+    )
     info = VmcoreInfo.from_text(text, "test")
     assert info.text == text
     assert (info.release, info.build_id, info.kaslr_offset) == ("6.1.0-57-amd64", "6a2b4ac7", 0x2A000000)
