@@ -320,3 +320,30 @@ def test_drgn_on_a_vmstate_core_needs_no_vmlinux(nokaslr, tmp_path):
     drgn_cli = os.path.join(os.path.dirname(sys.executable), "drgn")
     proc = subprocess.run([drgn_cli, "-c", core, "-e", code], capture_output=True, text=True, timeout=120)
     assert "COMM marker" in proc.stdout and "do_nanosleep" in proc.stdout, proc.stdout + proc.stderr
+
+
+# -- with the kernel's debug vmlinux --------------------------------------------------------------
+
+VMLINUX = ROOT / "tests/linux/build/vmlinux.debug"
+
+
+def test_a_debug_vmlinux_gives_the_same_view(kaslr):
+    """--vmlinux (DWARF, Debian's -dbg package) on the KASLR guest: the same tasks, stacks and maps
+    as kallsyms + BTF give; the stacks also name the inlined functions."""
+    if not VMLINUX.exists():
+        pytest.skip(f"{VMLINUX} missing (tests/linux/fetch-vmlinux.sh)")
+    dwarf = open_linux(kaslr.snap, vmlinux=str(VMLINUX))
+    assert dwarf.facts.types.startswith("DWARF") and kaslr.kernel.facts.types.startswith("BTF")
+
+    def ps(k):
+        return [(r.pid, r.ppid, r.state, r.name, r.cpu, r.vcpu) for r in list_tasks(k)]
+
+    assert ps(dwarf) == ps(kaslr.kernel)
+    parent = kaslr.report.parent
+    btf_frames = [f.function for f in kernel_stack(kaslr.kernel, kaslr.kernel.task(parent))]
+    dwarf_frames = kernel_stack(dwarf, dwarf.task(parent))
+    assert [f.function for f in dwarf_frames if not f.inline] == btf_frames
+    assert any(f.inline for f in dwarf_frames)
+    assert [v.maps_line() for v in process_vmas(dwarf, dwarf.task(parent))] == kaslr.report.maps[parent]
+    proc = vmstate("linux", kaslr.meta.path, "ps", "--vmlinux", "/nonexistent/vmlinux", check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "/nonexistent/vmlinux" in proc.stderr

@@ -203,3 +203,17 @@ def test_task_state_array_length_from_its_strings():
     strings = {0x100: b"R (running)", 0x200: b"S (sleeping)", 0x300: b"I (idle)", 0x400: b"\x90\x90"}
     pointers = {0x1000: 0x100, 0x1008: 0x200, 0x1010: 0x300, 0x1018: 0x400}
     assert _state_strings(pointers.__getitem__, strings.__getitem__, 0x1000) == 3
+
+
+def test_a_kernel_without_the_pieces_gets_one_line_naming_the_missing_one():
+    from vmstate_gdb.os.linux.debuginfo import LinuxError, load_debug_info_from_memory
+
+    old = VmcoreInfo.from_text("OSRELEASE=5.15.0\nSYMBOL(_stext)=ffffffff81000000\n", "test")
+    with pytest.raises(
+        LinuxError, match=r"Linux 5\.15\.0: its VMCOREINFO has no kallsyms fields .*--vmlinux"
+    ):
+        load_debug_info_from_memory(program(), old, "snap.img")
+    try:
+        load_debug_info_from_memory(program(), old, "snap.img")
+    except LinuxError as e:
+        assert str(e).startswith("snap.img: ") and "\n" not in str(e)

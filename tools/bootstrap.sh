@@ -9,7 +9,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VMSTATE_VENV:-$ROOT/.venv}
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
-APT_PACKAGES="qemu-system-x86 qemu-utils gdb busybox-static python3-venv python3-pip gcc make binutils xz-utils cpio"
+# bpftool: BTF -> C for gdb's vmstate-types; libc6-dev: the Linux guest's static marker program
+APT_PACKAGES="qemu-system-x86 qemu-utils gdb busybox-static python3-venv python3-pip gcc libc6-dev make binutils xz-utils cpio bpftool"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -18,7 +19,7 @@ if [ -n "$missing" ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     log "installing:$missing"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq $missing >/dev/null
 fi
 
 if [ "${VMSTATE_SKIP_QEMU10:-0}" != 1 ]; then
@@ -43,5 +44,9 @@ make -s -C "$ROOT/tests/guest" >&2
 if [ "${VMSTATE_SKIP_LINUX:-0}" != 1 ]; then
     log "building the Linux test guest"
     bash "$ROOT/tests/linux/build.sh" >/dev/null
+    if [ "${VMSTATE_SKIP_VMLINUX:-0}" != 1 ]; then
+        # the guest kernel's debug vmlinux, for the tests of --vmlinux (a 860 MB download, ~15 s)
+        bash "$ROOT/tests/linux/fetch-vmlinux.sh"
+    fi
 fi
 log "ready: $VENV/bin/vmstate, gdb -x $ROOT/vmstate.gdb"

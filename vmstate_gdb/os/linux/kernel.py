@@ -133,10 +133,8 @@ class LinuxKernel:
             raise LinuxError(
                 "no DWARF debug info in it (a debug vmlinux, e.g. from linux-image-*-dbg)", vmlinux
             )
-        try:
-            prog.load_debug_info(default=True)
-        except drgn.MissingDebugInfoError:
-            pass  # modules without debug files: their kallsyms still name them
+        # modules: their kallsyms name their code (their debug files are seldom at hand)
+        self.module_warning = load_module_symbols(self.prog)
         return f"vmlinux {vmlinux}", f"DWARF in {vmlinux}"
 
     # -- CPUs and tasks -------------------------------------------------------------------------

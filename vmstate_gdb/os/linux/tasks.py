@@ -116,14 +116,17 @@ class Frame:
     size: int  # symbol size
     module: str | None  # kernel module holding the pc, None for the core kernel
     sp: int | None
+    inline: bool = False  # a function inlined at this pc (DWARF only), within the next frame's
 
     def text(self) -> str:
         if self.function is None:
             where = f"{self.pc:#x}"
+        elif self.inline:
+            where = f"{self.function} (inlined)"
         else:
             where = f"{self.function}+{self.offset:#x}/{self.size:#x}"
-            if self.module:
-                where += f" [{self.module}]"
+        if self.module and self.function is not None:
+            where += f" [{self.module}]"
         return f"#{self.index:<2} {where}"
 
     def as_dict(self) -> dict:
@@ -141,12 +144,14 @@ def kernel_stack(kernel: LinuxKernel, task: Object) -> list[Frame]:
             name, offset, size = sym.name, pc - sym.address, sym.size
         except LookupError:
             name, offset, size = None, 0, 0
+        if frame.is_inline:  # with DWARF only: a function inlined into the next frame's symbol
+            name = frame.function_name or name
         try:
             sp = frame.sp
         except LookupError:
             sp = None
         module = next((m for m, (lo, hi) in modules.items() if lo <= pc < hi), None)
-        frames.append(Frame(i, pc, name, offset, size, module, sp))
+        frames.append(Frame(i, pc, name, offset, size, module, sp, frame.is_inline))
     return frames
 
 
