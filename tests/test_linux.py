@@ -342,7 +342,12 @@ def test_a_debug_vmlinux_gives_the_same_view(kaslr):
     parent = kaslr.report.parent
     btf_frames = [f.function for f in kernel_stack(kaslr.kernel, kaslr.kernel.task(parent))]
     dwarf_frames = kernel_stack(dwarf, dwarf.task(parent))
-    assert [f.function for f in dwarf_frames if not f.inline] == btf_frames
+    named = [f.function for f in dwarf_frames if not f.inline]
+    assert len(named) == len(btf_frames)
+    for d, b in zip(named, btf_frames, strict=True):
+        # an ELF symbol with a size covers the labels kallsyms lists inside it
+        # (entry_SYSCALL_64 holds entry_SYSCALL_64_after_hwframe)
+        assert d == b or (b or "").startswith(d or "?"), (named, btf_frames)
     assert any(f.inline for f in dwarf_frames)
     assert [v.maps_line() for v in process_vmas(dwarf, dwarf.task(parent))] == kaslr.report.maps[parent]
     proc = vmstate("linux", kaslr.meta.path, "ps", "--vmlinux", "/nonexistent/vmlinux", check=False)
