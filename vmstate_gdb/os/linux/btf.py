@@ -163,24 +163,30 @@ class Btf:
         """Offsets of every type record, in id order (index 0 is void)."""
         data = self.data
         offsets = [0]
+        kinds = bytearray(1)  # kind of each id, for lookups that need no decoding
+        name_offsets = [0]
         unpack = TYPE.unpack_from
         flagged = False
         while pos < end:
             if pos + TYPE.size > end:
                 raise FormatError("BTF type record cut off by the end of the type section", self.source, pos)
-            _name, info, _ = unpack(data, pos)
+            name_off, info, _ = unpack(data, pos)
             kind = (info >> 24) & 0x1F
             vlen = info & 0xFFFF
             trailer = _TRAILER.get(kind, _NO_TRAILER)
             if kind == 0 or kind > BTF_KIND_ENUM64:
                 raise FormatError(f"BTF type {len(offsets)} has unknown kind {kind}", self.source, pos)
             offsets.append(pos)
+            kinds.append(kind)
+            name_offsets.append(name_off)
             if kind in (BTF_KIND_ENUM, BTF_KIND_ENUM64) and info >> 31:
                 flagged = True
             pos += TYPE.size + trailer[0] + trailer[1] * vlen
         if pos != end:
             raise FormatError("BTF type records run past the type section", self.source, end)
         self._enum_signedness_flagged = flagged
+        self._kinds = bytes(kinds)
+        self._name_offsets = name_offsets
         return offsets
 
     def __len__(self) -> int:
@@ -201,9 +207,10 @@ class Btf:
 
     def kind(self, type_id: int) -> int:
         self._check_id(type_id)
-        if type_id == 0:
-            return 0
-        return (TYPE.unpack_from(self.data, self._offsets[type_id])[1] >> 24) & 0x1F
+        return self._kinds[type_id]
+
+    def ids_of_kind(self, *kinds: int) -> list[int]:
+        return [i for i, k in enumerate(self._kinds) if k in kinds]
 
     def name(self, type_id: int) -> str:
         self._check_id(type_id)
@@ -221,12 +228,19 @@ class Btf:
         """(kind, name) -> the ids of that name, complete definitions before forward declarations."""
         if self._by_name is None:
             index: dict[tuple[int, str], list[int]] = {}
-            data, unpack = self.data, TYPE.unpack_from
-            for type_id in range(1, len(self._offsets)):
-                name_off, info, _ = unpack(data, self._offsets[type_id])
-                if name_off:
-                    kind = (info >> 24) & 0x1F
-                    index.setdefault((kind, self.string(name_off)), []).append(type_id)
+            start, end = self._strings
+            table = self.data[start:end]
+            strings: dict[int, str] = {}
+            for type_id, (kind, name_off) in enumerate(zip(self._kinds, self._name_offsets, strict=True)):
+                if not name_off:
+                    continue
+                name = strings.get(name_off)
+                if name is None:
+                    stop = table.find(b"\0", name_off)
+                    if not 0 < name_off < len(table) or stop < 0:
+                        self.string(name_off)  # raises the FormatError that says where
+                    name = strings[name_off] = table[name_off:stop].decode("utf-8", "replace")
+                index.setdefault((kind, name), []).append(type_id)
             self._by_name = index
         return self._by_name
 

@@ -138,16 +138,6 @@ class BtfTypes:
         return None
 
     def find_object(self, prog: Program, name: str, flags: FindObjectFlags, filename: str | None):
-        if flags & FindObjectFlags.CONSTANT:
-            hit = self.enumerators().get(name)
-            if hit is not None:
-                return Object(prog, self.type(hit[0]), hit[1])
-        if flags & FindObjectFlags.FUNCTION:
-            func = self.functions().get(name)
-            if func is not None:
-                address = self.symbol_address(name)
-                if address is not None:
-                    return Object(prog, self.type(func), address=address)
         if flags & FindObjectFlags.VARIABLE:
             var = self.variables().get(name)
             declared = GLOBALS.get(name)
@@ -164,6 +154,16 @@ class BtfTypes:
                         )
                         typ = prog.array_type(typ.type, length)
                     return Object(prog, typ, address=address)
+        if flags & FindObjectFlags.FUNCTION:
+            func = self.functions().get(name)
+            if func is not None:
+                address = self.symbol_address(name)
+                if address is not None:
+                    return Object(prog, self.type(func), address=address)
+        if flags & FindObjectFlags.CONSTANT:
+            hit = self.enumerators().get(name)
+            if hit is not None:
+                return Object(prog, self.type(hit[0]), hit[1])
         return None
 
     # -- name indexes ---------------------------------------------------------------------------
@@ -172,11 +172,9 @@ class BtfTypes:
         """Every enumerator, anonymous enums' included (most of the kernel's named constants)."""
         if self._enumerators is None:
             found: dict[str, tuple[int, int]] = {}
-            btf = self.btf
-            for type_id in range(1, len(btf)):
-                if btf.kind(type_id) in (B.BTF_KIND_ENUM, B.BTF_KIND_ENUM64):
-                    for n, v in btf.type(type_id).enumerators:
-                        found.setdefault(n, (type_id, v))
+            for type_id in self.btf.ids_of_kind(B.BTF_KIND_ENUM, B.BTF_KIND_ENUM64):
+                for n, v in self.btf.type(type_id).enumerators:
+                    found.setdefault(n, (type_id, v))
             self._enumerators = found
         return self._enumerators
 

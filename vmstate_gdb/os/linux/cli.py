@@ -8,10 +8,10 @@ import argparse
 VIEW_NAMES = ("ps", "dmesg", "modules", "bt", "maps", "files")
 
 
-def _kernel(snap, args):
+def _kernel(snap, args, plugins: bool = False):
     from .kernel import open_linux
 
-    return open_linux(snap, vmlinux=args.vmlinux, use_cache=not args.no_cache)
+    return open_linux(snap, vmlinux=args.vmlinux, use_cache=not args.no_cache, plugins=plugins)
 
 
 def cmd_linux(args) -> int:
@@ -32,7 +32,7 @@ def cmd_drgn(args) -> int:
     from .shell import run_script, run_shell
 
     with _open(args) as snap, kernel_errors(snap.path):
-        kernel = _kernel(snap, args)
+        kernel = _kernel(snap, args, plugins=True)
         if args.script:
             run_script(kernel, args.script, args.script_args)
         else:

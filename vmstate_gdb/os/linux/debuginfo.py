@@ -15,7 +15,7 @@ from drgn import Program
 from ...errors import VmstateError
 from . import btf_types
 from .btf import Btf
-from .symbols import load_kernel_symbols
+from .symbols import KernelSymbols
 from .vmcoreinfo import VmcoreInfo
 
 MAX_BTF = 256 << 20
@@ -61,16 +61,21 @@ def load_debug_info_from_memory(
             path,
         )
     t = time.monotonic()
-    index, symbols = load_kernel_symbols(prog, info, use_cache)
-    prog.register_symbol_finder("vmstate-kallsyms", index, enable_index=enable_index)
+    kallsyms = KernelSymbols(prog, info, use_cache)
+    prog.register_symbol_finder("vmstate-kallsyms", kallsyms, enable_index=enable_index)
     timings["kallsyms_s"] = time.monotonic() - t
-    if symbol_address(prog, "init_task") is None:
+
+    def address(name: str) -> int | None:
+        found = kallsyms.address(name)
+        return found if found is not None else symbol_address(prog, name)
+
+    if address("init_task") is None:
         raise LinuxError(
             f"Linux {info.release}: kallsyms lists no data symbols (CONFIG_KALLSYMS_ALL is off); "
             "give the kernel's debug vmlinux with --vmlinux",
             path,
         )
-    start, stop = symbol_address(prog, "__start_BTF"), symbol_address(prog, "__stop_BTF")
+    start, stop = address("__start_BTF"), address("__stop_BTF")
     if start is None or stop is None or not 0 < stop - start < MAX_BTF:
         raise LinuxError(
             f"Linux {info.release}: the kernel has no BTF (CONFIG_DEBUG_INFO_BTF is off); "
@@ -83,15 +88,12 @@ def load_debug_info_from_memory(
     except drgn.FaultError as e:
         raise LinuxError(f"the kernel's BTF at {start:#x} is not in guest RAM: {e}", path) from None
     btf = Btf(blob, f"{path + ': ' if path else ''}kernel BTF at {start:#x}")
-    types = btf_types.install(prog, btf, lambda name: symbol_address(prog, name), enable_index)
+    types = btf_types.install(prog, btf, address, enable_index)
     timings["btf_s"] = time.monotonic() - t
     kernel = prog.main_module("kernel", create=True)
     if kernel.address_range is None:
-        kernel.address_range = (
-            symbol_address(prog, "_stext") or info.symbol("_stext"),
-            symbol_address(prog, "_end"),
-        )
-    return Loaded(symbols, f"BTF in guest memory ({len(btf)} types)", types)
+        kernel.address_range = (address("_stext") or info.symbol("_stext"), address("_end"))
+    return Loaded(kallsyms.source, f"BTF in guest memory ({len(btf)} types)", types)
 
 
 def load_module_symbols(prog: Program, enable_index: int = 1) -> str | None:

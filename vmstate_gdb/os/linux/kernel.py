@@ -9,6 +9,7 @@ A DWARF vmlinux, where the user has one, replaces kallsyms and BTF.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,7 +64,9 @@ class KernelFacts:
 class LinuxKernel:
     """The drgn view of one snapshot's Linux kernel. ``open_linux`` builds it."""
 
-    def __init__(self, snap: Snapshot, vmlinux: str | None = None, use_cache: bool = True):
+    def __init__(
+        self, snap: Snapshot, vmlinux: str | None = None, use_cache: bool = True, plugins: bool = False
+    ):
         self.snap = snap
         t0 = time.monotonic()
         info = find_vmcoreinfo(snap)
@@ -79,7 +82,8 @@ class LinuxKernel:
             self.prog.add_memory_segment(r.start, r.size, self._read_physical, physical=True)
         # before the target is set: drgn's plugins (ours too) look at the Program then
         self.prog.cache["vmstate_kernel"] = self
-        self.prog.set_linux_kernel_custom(info.text.encode(), False)
+        with _drgn_plugins(plugins):
+            self.prog.set_linux_kernel_custom(info.text.encode(), False)
         timings = {"vmcoreinfo_s": time.monotonic() - t0}
         if vmlinux:
             symbols, types = self._load_vmlinux(vmlinux)
@@ -244,6 +248,20 @@ def _platform(snap: Snapshot) -> drgn.Platform:
 
 
 @contextmanager
+def _drgn_plugins(enabled: bool) -> Iterator[None]:
+    """drgn loads every installed plugin (its own command sets among them, 0.1 s) when a target is
+    set; only the interactive shell has a use for them. drgn reads DRGN_DISABLE_PLUGINS once."""
+    if enabled or "DRGN_DISABLE_PLUGINS" in os.environ:
+        yield
+        return
+    os.environ["DRGN_DISABLE_PLUGINS"] = "*"
+    try:
+        yield
+    finally:
+        del os.environ["DRGN_DISABLE_PLUGINS"]
+
+
+@contextmanager
 def kernel_errors(path: str) -> Iterator[None]:
     """drgn's errors as one clear line: memory drgn could not read, objects it could not find."""
     try:
@@ -256,7 +274,10 @@ def kernel_errors(path: str) -> Iterator[None]:
         raise LinuxError(f"not found in the kernel: {e.args[0] if e.args else e}", path) from None
 
 
-def open_linux(snap: Snapshot, vmlinux: str | None = None, use_cache: bool = True) -> LinuxKernel:
-    """The Linux kernel of a snapshot, or a LinuxError saying in one line what is missing."""
+def open_linux(
+    snap: Snapshot, vmlinux: str | None = None, use_cache: bool = True, plugins: bool = False
+) -> LinuxKernel:
+    """The Linux kernel of a snapshot, or a LinuxError saying in one line what is missing.
+    ``plugins``: let drgn load its plugins (for drgn's own shell)."""
     with kernel_errors(snap.path):
-        return LinuxKernel(snap, vmlinux, use_cache)
+        return LinuxKernel(snap, vmlinux, use_cache, plugins)

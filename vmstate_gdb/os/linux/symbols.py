@@ -9,6 +9,7 @@ not relocated). A cache entry is used only if its ``_stext`` lands where VMCOREI
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import struct
@@ -20,9 +21,8 @@ from drgn import Program, Symbol, SymbolBinding, SymbolIndex, SymbolKind
 from .vmcoreinfo import VmcoreInfo
 
 CACHE_ENV = "VMSTATE_CACHE_DIR"
-_MAGIC = b"VMSKSYM1"
+_MAGIC = b"VMSKSYM2"
 _KERNEL_IMAGE = 0xFFFFFFFF80000000  # x86_64's kernel text mapping starts here (KASLR moves within it)
-_ENTRY = struct.Struct("<QQBB")
 
 
 def cache_dir() -> Path:
@@ -46,53 +46,130 @@ def _relocated(address: int, offset: int, sign: int) -> int:
     return (address + sign * offset) & 0xFFFFFFFFFFFFFFFF if address >= _KERNEL_IMAGE else address
 
 
+class _Table:
+    """The cache file's columns: names, addresses (KASLR removed), sizes, bindings, kinds."""
+
+    def __init__(
+        self, names: list[str], addresses: array.array, sizes: array.array, bindings: bytes, kinds: bytes
+    ):
+        self.names, self.addresses, self.sizes, self.bindings, self.kinds = (
+            names,
+            addresses,
+            sizes,
+            bindings,
+            kinds,
+        )
+
+    @classmethod
+    def of(cls, symbols: list[Symbol], kaslr: int) -> _Table:
+        return cls(
+            [s.name for s in symbols],
+            array.array("Q", (_relocated(s.address, kaslr, -1) for s in symbols)),
+            array.array("Q", (s.size for s in symbols)),
+            bytes(s.binding.value for s in symbols),
+            bytes(s.kind.value for s in symbols),
+        )
+
+    def encode(self) -> bytes:
+        names = "\0".join(self.names).encode()
+        head = _MAGIC + struct.pack("<II", len(self.names), len(names))
+        return head + names + self.addresses.tobytes() + self.sizes.tobytes() + self.bindings + self.kinds
+
+    @classmethod
+    def decode(cls, data: bytes) -> _Table | None:
+        if data[:8] != _MAGIC or len(data) < 16:
+            return None
+        count, names_len = struct.unpack_from("<II", data, 8)
+        pos = 16 + names_len
+        if len(data) != pos + 18 * count:
+            return None
+        names = data[16:pos].decode(errors="replace").split("\0") if count else []
+        if len(names) != count:
+            return None
+        addresses, sizes = array.array("Q"), array.array("Q")
+        addresses.frombytes(data[pos : pos + 8 * count])
+        sizes.frombytes(data[pos + 8 * count : pos + 16 * count])
+        bindings, kinds = data[pos + 16 * count : pos + 17 * count], data[pos + 17 * count :]
+        return cls(names, addresses, sizes, bindings, kinds)
+
+    def symbols(self, kaslr: int) -> list[Symbol]:
+        bindings = {b.value: b for b in SymbolBinding}  # enum lookups by value are slow per call
+        kinds = {k.value: k for k in SymbolKind}
+        return [
+            Symbol(name, _relocated(address, kaslr, 1), size, bindings[b], kinds[k])
+            for name, address, size, b, k in zip(
+                self.names, self.addresses, self.sizes, self.bindings, self.kinds, strict=True
+            )
+        ]
+
+    def addresses_by_name(self, kaslr: int) -> dict[str, int]:
+        """Name -> address, a global symbol winning over a local one of the same name."""
+        out: dict[str, int] = {}
+        glob = SymbolBinding.GLOBAL.value
+        for name, address, binding in zip(self.names, self.addresses, self.bindings, strict=True):
+            if binding == glob or name not in out:
+                out[name] = _relocated(address, kaslr, 1)
+        return out
+
+
 def _encode(symbols: list[Symbol], kaslr: int) -> bytes:
-    names = b"\0".join(s.name.encode() for s in symbols)
-    body = b"".join(
-        _ENTRY.pack(_relocated(s.address, kaslr, -1), s.size, s.binding.value, s.kind.value) for s in symbols
-    )
-    return _MAGIC + struct.pack("<II", len(symbols), len(names)) + names + body
+    return _Table.of(symbols, kaslr).encode()
 
 
 def _decode(data: bytes, kaslr: int) -> list[Symbol] | None:
-    if data[:8] != _MAGIC or len(data) < 16:
-        return None
-    count, names_len = struct.unpack_from("<II", data, 8)
-    names = data[16 : 16 + names_len].split(b"\0")
-    body = memoryview(data)[16 + names_len :]
-    if len(names) != count or len(body) != count * _ENTRY.size:
-        return None
-    out = []
-    for name, (address, size, binding, kind) in zip(names, _ENTRY.iter_unpack(body), strict=True):
-        out.append(
-            Symbol(
-                name.decode(), _relocated(address, kaslr, 1), size, SymbolBinding(binding), SymbolKind(kind)
-            )
-        )
-    return out
+    table = _Table.decode(data)
+    return table.symbols(kaslr) if table else None
 
 
-def load_kernel_symbols(prog: Program, info: VmcoreInfo, use_cache: bool = True) -> tuple[SymbolIndex, str]:
-    """The core kernel's symbols as a drgn SymbolIndex, and where they came from."""
-    from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
+class KernelSymbols:
+    """A drgn symbol finder over the kernel's kallsyms that builds its 94,000 drgn Symbols only when
+    drgn needs them (stacks, lookups by address): finding a variable by name, all `ps` needs, takes
+    a dictionary lookup when the table comes from the cache."""
 
-    key = kernel_key(info) if use_cache else None
-    path = cache_dir() / "linux" / f"{key}.kallsyms" if key else None
-    stext = info.symbol("_stext")
-    if path is not None and path.exists():
-        try:
-            symbols = _decode(path.read_bytes(), info.kaslr_offset)
-        except (OSError, ValueError, IndexError, struct.error):
-            symbols = None
-        if symbols:
-            index = SymbolIndex(symbols)
-            found = index(prog, "_stext", None, True)
-            if found and found[0].address == stext:
-                return index, f"kallsyms (cached in {path})"
-    index = load_vmlinux_kallsyms(prog)
-    if path is not None:
-        _store(path, _encode(index(prog, None, None, False), info.kaslr_offset))
-    return index, "kallsyms in guest memory"
+    def __init__(self, prog: Program, info: VmcoreInfo, use_cache: bool = True):
+        self.prog, self.info = prog, info
+        key = kernel_key(info) if use_cache else None
+        self.path = cache_dir() / "linux" / f"{key}.kallsyms" if key else None
+        self._index: SymbolIndex | None = None
+        self._table: _Table | None = None
+        self._by_name: dict[str, int] | None = None
+        self.source = "kallsyms in guest memory"
+        if self.path is not None and self.path.exists():
+            try:
+                table = _Table.decode(self.path.read_bytes())
+            except (OSError, ValueError, struct.error):
+                table = None
+            if table is not None:
+                by_name = table.addresses_by_name(info.kaslr_offset)
+                if by_name.get("_stext") == info.symbol("_stext"):
+                    self._table, self._by_name = table, by_name
+                    self.source = f"kallsyms (cached in {self.path})"
+        if self._table is None:
+            self._load()
+
+    def _load(self) -> None:
+        from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
+
+        index = load_vmlinux_kallsyms(self.prog)
+        symbols = index(self.prog, None, None, False)
+        table = _Table.of(symbols, self.info.kaslr_offset)
+        self._index, self._table = index, table
+        self._by_name = table.addresses_by_name(self.info.kaslr_offset)
+        if self.path is not None:
+            _store(self.path, table.encode())
+
+    def index(self) -> SymbolIndex:
+        if self._index is None:
+            assert self._table is not None
+            self._index = SymbolIndex(self._table.symbols(self.info.kaslr_offset))
+        return self._index
+
+    def address(self, name: str) -> int | None:
+        assert self._by_name is not None
+        return self._by_name.get(name)
+
+    def __call__(self, prog: Program, name: str | None, address: int | None, one: bool) -> list[Symbol]:
+        return self.index()(prog, name, address, one)
 
 
 def _store(path: Path, data: bytes) -> None:

@@ -7,10 +7,14 @@ include kallsyms symbols") the kallsyms tables.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import struct
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import VmstateError
@@ -90,11 +94,63 @@ def _parse_note(data: bytes) -> bytes | None:
     return data[:size]
 
 
+def _note_at(snap: Snapshot, head: int) -> bytes | None:
+    try:
+        namesz, descsz, ntype = NOTE_HEADER.unpack(snap.physical.read(head, NOTE_HEADER.size))
+    except VmstateError:
+        return None
+    if namesz != len(NAME) + 1 or ntype != 0 or not 0 < descsz <= 1 << 16:
+        return None
+    size = NOTE_HEADER.size + 12 + _align4(descsz)
+    note = snap.physical.readable_prefix(head, size)
+    if len(note) != size or note[NOTE_HEADER.size : NOTE_HEADER.size + 10] != NAME:
+        return None
+    return note
+
+
+def _hint_key(snap: Snapshot) -> str | None:
+    try:
+        st = os.stat(snap.path)
+    except OSError:
+        return None
+    where = json.dumps(snap.source.describe(), sort_keys=True, default=str)
+    text = f"{os.path.realpath(snap.path)}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}\0{where}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _hints_path() -> Path:
+    from .symbols import cache_dir
+
+    return cache_dir() / "linux" / "vmcoreinfo-hints.json"
+
+
+def _load_hints() -> dict[str, int]:
+    try:
+        hints = json.loads(_hints_path().read_text())
+        return {k: int(v) for k, v in hints.items()} if isinstance(hints, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def _remember(key: str, head: int) -> None:
+    """Where the note of this (unchanged) file is, so the next open skips the RAM search; the
+    hint is checked before use and never needed."""
+    from .symbols import _store
+
+    hints = _load_hints()
+    hints.pop(key, None)
+    hints[key] = head
+    keep = dict(list(hints.items())[-256:])
+    _store(_hints_path(), json.dumps(keep).encode())
+
+
 def find_vmcoreinfo(snap: Snapshot) -> VmcoreInfo | None:
     """The guest's VMCOREINFO note: from the `vmcoreinfo` device (fw_cfg etc/vmcoreinfo, filled by
     Linux when QEMU runs with -device vmcoreinfo), else the note Linux keeps in RAM, found like
-    crash finds it: the note header "VMCOREINFO" followed by "OSRELEASE="."""
-    dev = snap.devices.device("vmcoreinfo")
+    crash finds it: the note header "VMCOREINFO" followed by "OSRELEASE=" (where the same file's
+    last open found it, first)."""
+    has_device = any(sec.idstr == "vmcoreinfo" for sec in snap.index.devices)
+    dev = snap.devices.device("vmcoreinfo") if has_device else None  # the tree costs a JSON parse
     if dev is not None:
         try:
             present = snap.field_value(f"{dev.key}/has_vmcoreinfo")
@@ -107,6 +163,12 @@ def find_vmcoreinfo(snap: Snapshot) -> VmcoreInfo | None:
                     return VmcoreInfo(note, f"fw_cfg etc/vmcoreinfo at physical {paddr:#x}")
         except VmstateError:
             pass
+    key = _hint_key(snap)
+    hint = _load_hints().get(key) if key else None
+    if hint is not None:
+        note = _note_at(snap, hint)
+        if note is not None:
+            return VmcoreInfo(note, f"found in RAM at physical {hint:#x}")
     marker = NAME + b"\0\0OSRELEASE="  # name padded to 4 bytes, then the text
     for r in snap.physical.ranges:
         if r.kind != "ram":
@@ -117,12 +179,10 @@ def find_vmcoreinfo(snap: Snapshot) -> VmcoreInfo | None:
             if hit is None:
                 break
             head = hit - NOTE_HEADER.size
-            if head >= r.start:
-                namesz, descsz, ntype = NOTE_HEADER.unpack(snap.physical.read(head, NOTE_HEADER.size))
-                if namesz == len(NAME) + 1 and ntype == 0 and 0 < descsz <= 1 << 16:
-                    size = NOTE_HEADER.size + 12 + _align4(descsz)
-                    note = snap.physical.readable_prefix(head, size)
-                    if len(note) == size:
-                        return VmcoreInfo(note, f"found in RAM at physical {head:#x}")
+            note = _note_at(snap, head) if head >= r.start else None
+            if note is not None:
+                if key:
+                    _remember(key, head)
+                return VmcoreInfo(note, f"found in RAM at physical {head:#x}")
             pos = hit + 1
     return None
