@@ -14,9 +14,16 @@ setup(
         "xmltodict>=0.13,<2",
         "capstone>=5.0,<6",
         "qemu.qmp>=0.0.3,<0.1",
+        # the Linux OS layer's engine (vmstate linux, vmstate drgn, app-core); 0.3.0 is the first
+        # with Program.set_linux_kernel_custom
+        "drgn>=0.3.0,<0.4",
     ],
     extras_require={
         "test": ["pytest>=7.2,<9", "hypothesis>=6.70,<7", "ruff>=0.4"],
     },
-    entry_points={"console_scripts": ["vmstate = vmstate_gdb.cli:main"]},
+    entry_points={
+        "console_scripts": ["vmstate = vmstate_gdb.cli:main"],
+        # drgn -c CORE on a core of a Linux guest, with no vmlinux: kallsyms, BTF and ORC from memory
+        "drgn.plugins": ["vmstate_gdb = vmstate_gdb.os.linux.plugin"],
+    },
 )

@@ -10,7 +10,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VMSTATE_VENV:-$ROOT/.venv}
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
-APT_PACKAGES="qemu-system-x86 qemu-system-arm qemu-utils gdb gdb-multiarch busybox-static python3-venv python3-pip gcc make binutils gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu xz-utils cpio"
+# bpftool: BTF -> C for gdb's vmstate-types; libc6-dev: the Linux guest's static marker program
+APT_PACKAGES="qemu-system-x86 qemu-system-arm qemu-utils gdb gdb-multiarch busybox-static python3-venv python3-pip gcc libc6-dev make binutils gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu xz-utils cpio bpftool"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -46,5 +47,9 @@ if [ "${VMSTATE_SKIP_LINUX:-0}" != 1 ]; then
     log "building the Linux test guests (x86_64, aarch64)"
     bash "$ROOT/tests/linux/build.sh" >/dev/null
     bash "$ROOT/tests/linux-arm64/build.sh" >/dev/null
+    if [ "${VMSTATE_SKIP_VMLINUX:-0}" != 1 ]; then
+        # the guest kernel's debug vmlinux, for the tests of --vmlinux (a 860 MB download, ~15 s)
+        bash "$ROOT/tests/linux/fetch-vmlinux.sh"
+    fi
 fi
 log "ready: $VENV/bin/vmstate, gdb -x $ROOT/vmstate.gdb"

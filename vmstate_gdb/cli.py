@@ -343,6 +343,7 @@ def _register_optional(sub) -> None:
         "vmstate_gdb.rsp.cli",
         "vmstate_gdb.export.cli",
         "vmstate_gdb.capture.cli",
+        "vmstate_gdb.os.linux.cli",
     ):
         try:
             mod = importlib.import_module(module)
@@ -357,7 +358,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     argv = list(sys.argv[1:] if argv is None else argv)
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if argv and argv[0] in subparsers.choices:
-        args = subparsers.choices[argv[0]].parse_intermixed_args(argv[1:])
+        sub = subparsers.choices[argv[0]]
+        # a command that hands the rest of the line to someone else (a script) parses it in order
+        parse = sub.parse_args if getattr(sub, "passes_rest_on", False) else sub.parse_intermixed_args
+        args = parse(argv[1:])
         args.command = argv[0]
         return args
     return parser.parse_args(argv)

@@ -52,6 +52,15 @@ class GuestRam:
         if offset < 0 or offset + size > block.used_length:
             raise AddressError(f"{name}: offset {offset:#x}+{size:#x} is outside the block", offset)
         ps = block.page_size
+        index, within = divmod(offset, ps)
+        if within + size <= ps:  # the common small read: one page, one slice
+            edited = self.overlay.pages.get((name, index)) if self.overlay.pages else None
+            if edited is not None:
+                return bytes(edited[within : within + size])
+            loc = block.pages[index]
+            if loc == PAGE_ZERO or loc == PAGE_ABSENT:
+                return bytes(size)
+            return bytes(self.buf[loc + within : loc + within + size])
         out = bytearray()
         while size > 0:
             index, within = divmod(offset, ps)
@@ -115,6 +124,9 @@ class PhysicalMemory:
             size -= n
 
     def read(self, address: int, size: int) -> bytes:
+        r = self.locate(address)
+        if address + size <= r.end:
+            return self.ram.read(r.block, r.block_offset + address - r.start, size)
         return b"".join(
             self.ram.read(r.block, r.block_offset + a - r.start, n) for r, a, n in self._spans(address, size)
         )

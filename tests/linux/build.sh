@@ -16,20 +16,22 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 B=$HERE/build
 DL=$B/dl
 QEMU=${QEMU:-qemu-system-x86_64}
-OUTPUTS="vmlinuz vmlinux initrd.img System.map kernel.cmdline kernel-version"
+OUTPUTS="vmlinuz vmlinux initrd.img System.map kernel.cmdline kernel-version marker"
 
 # Command line the harness must use.  nokaslr: System.map addresses are real.
 CMDLINE="console=ttyS0 nokaslr quiet loglevel=1 panic=-1 mitigations=off no_timer_check tsc=unstable i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests random.trust_cpu=on audit=0 apparmor=0 nowatchdog noresume"
 
 # Modules loaded at boot, in this order (the iface names follow it: e1000
 # gets eth0, rtl8139 eth1, virtio-net eth2 when each is present once).
-NIC_MODULES="e1000 8139cp 8139too virtio_pci virtio_net"
+# qemu_fw_cfg writes the kernel's VMCOREINFO address to QEMU's vmcoreinfo
+# device, where a VM has one.
+NIC_MODULES="e1000 8139cp 8139too virtio_pci virtio_net qemu_fw_cfg"
 DUMP_MODULES="virtio_pci virtio_blk"
 
 log() { echo "build.sh: $*" >&2; }
 
 stamp() {
-    cat "$HERE/build.sh" "$HERE/init.sh" | sha256sum | cut -d' ' -f1
+    cat "$HERE/build.sh" "$HERE/init.sh" "$HERE/marker.c" | sha256sum | cut -d' ' -f1
 }
 
 report() {
@@ -130,6 +132,11 @@ cp "$BUSYBOX" "$STAGE/bin/busybox"
 ln -s busybox "$STAGE/bin/sh"
 cp "$HERE/init.sh" "$STAGE/init"
 chmod 755 "$STAGE/init" "$STAGE/bin/busybox"
+# marker: the test process with known state (marker.c); static, non-PIE, with debug info, so
+# `gdb build/marker app.core` needs nothing else.
+need gcc gcc
+gcc -static -no-pie -g -O1 -fno-omit-frame-pointer -pthread -o "$B/marker" "$HERE/marker.c"
+cp "$B/marker" "$STAGE/bin/marker"
 if [ "$(id -u)" = 0 ]; then
     mknod -m 600 "$STAGE/dev/console" c 5 1
     mknod -m 666 "$STAGE/dev/null" c 1 3

@@ -34,6 +34,34 @@ for d in /sys/class/net/*; do
     drv=$(readlink "$d/device/driver")
     echo "NIC $i $(cat "$d/address") ${drv##*/}"
 done
+
+# The marker process (marker.c) and what the guest itself sees of it, for the tests of
+# `vmstate linux`: every task's /proc stat line, the marker's maps and open files, the modules
+# and the last kernel log line, between GUEST-REPORT-BEGIN and GUEST-REPORT-END.
+report() {  # parent-pid child-pid
+    echo "GUEST-REPORT-BEGIN"
+    echo "@stat"
+    for t in /proc/[0-9]*/task/[0-9]*; do cat "$t/stat" 2>/dev/null; done
+    for p in "$@"; do
+        echo "@maps $p"
+        cat "/proc/$p/maps"
+        echo "@fd $p"
+        for f in /proc/$p/fd/*; do echo "${f##*/} $(readlink "$f")"; done
+    done
+    echo "@modules"
+    cat /proc/modules
+    echo "vmstate-marker: guest report" > /dev/kmsg
+    echo "@dmesg"
+    dmesg | tail -n 1
+    echo "GUEST-REPORT-END"
+}
+if [ -x /bin/marker ]; then
+    /bin/marker &
+    i=0
+    while [ ! -s /tmp/marker.pids ] && [ $i -lt 200 ]; do usleep 50000; i=$((i + 1)); done
+    read -r mparent mchild < /tmp/marker.pids
+    report "$mparent" "$mchild"
+fi
 echo "LINUX READY"
 
 n=0

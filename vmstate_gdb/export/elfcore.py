@@ -15,91 +15,32 @@ mappings of a page share its bytes), and ``p_paddr`` still names the guest-physi
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ..arch.elfnote import NHDR, NT_PRSTATUS, make_note  # noqa: F401  (re-exported)
-from ..arch.elfnote import align as _align
 from ..errors import SaveError, UnsupportedError, VmstateError
 from ..machine import PhysicalRange
+from ..os.linux.vmcoreinfo import VmcoreInfo, find_vmcoreinfo
 from ..snapshot import Snapshot
+from .elf import (  # noqa: F401  (NHDR, make_note: part of this module's interface)
+    EHDR,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    ET_CORE,
+    NHDR,
+    NT_PRSTATUS,
+    PHDR,
+    PN_XNUM,
+    PT_LOAD,
+    PT_NOTE,
+    ProgramHeader,
+    align,
+    core_headers,
+    make_note,
+)
 
-# include/elf.h
-ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE = 2, 1, 1, 4
-PT_LOAD, PT_NOTE = 1, 4
-PN_XNUM = 0xFFFF
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-PHDR = struct.Struct("<IIQQQQQQ")
-
-# hw/nvram/fw_cfg.h
-FW_CFG_VMCOREINFO_FORMAT_ELF = 1
-VMCOREINFO_NAME = b"VMCOREINFO"
 DATA_ALIGN = 4096
 MAX_ALIASES = 8  # virtual mappings kept per physical page in --virtual cores
-
-
-# -- VMCOREINFO ---------------------------------------------------------------------------------
-
-
-@dataclass
-class VmcoreInfo:
-    note: bytes  # the complete ELF note, as the guest wrote it
-    source: str  # where it came from, for the report
-
-    @property
-    def text(self) -> str:
-        namesz, descsz, _ = NHDR.unpack_from(self.note)
-        start = NHDR.size + _align(namesz, 4)
-        return self.note[start : start + descsz].decode("ascii", "replace")
-
-
-def _parse_guest_note(data: bytes) -> bytes | None:
-    if len(data) < NHDR.size:
-        return None
-    namesz, descsz, _ = NHDR.unpack_from(data)
-    size = NHDR.size + _align(namesz, 4) + _align(descsz, 4)
-    if namesz == 0 or namesz > 64 or descsz > 1 << 20 or size > len(data):
-        return None
-    return data[:size]
-
-
-def find_vmcoreinfo(snap: Snapshot) -> VmcoreInfo | None:
-    """The guest's VMCOREINFO note: from the `vmcoreinfo` device (fw_cfg etc/vmcoreinfo, filled by
-    Linux when QEMU runs with -device vmcoreinfo), else the note Linux keeps in RAM, found like
-    crash finds it: the note header "VMCOREINFO" followed by "OSRELEASE="."""
-    dev = snap.devices.device("vmcoreinfo")
-    if dev is not None:
-        try:
-            present = snap.field_value(f"{dev.key}/has_vmcoreinfo")
-            fmt = snap.field_value(f"{dev.key}/vmcoreinfo.guest_format")
-            size = snap.field_value(f"{dev.key}/vmcoreinfo.size")
-            paddr = snap.field_value(f"{dev.key}/vmcoreinfo.paddr")
-            if present and fmt == FW_CFG_VMCOREINFO_FORMAT_ELF and 0 < size <= 1 << 20:
-                note = _parse_guest_note(snap.physical.read(paddr, size))
-                if note is not None:
-                    return VmcoreInfo(note, f"fw_cfg etc/vmcoreinfo at physical {paddr:#x}")
-        except VmstateError:
-            pass
-    marker = VMCOREINFO_NAME + b"\0\0OSRELEASE="  # name padded to 4 bytes, then the text
-    for r in snap.physical.ranges:
-        if r.kind != "ram":
-            continue
-        pos = r.start
-        while True:
-            hit = snap.physical.search(marker, pos, r.end)
-            if hit is None:
-                break
-            head = hit - NHDR.size
-            if head >= r.start:
-                namesz, descsz, ntype = NHDR.unpack(snap.physical.read(head, NHDR.size))
-                if namesz == len(VMCOREINFO_NAME) + 1 and ntype == 0 and 0 < descsz <= 1 << 16:
-                    size = NHDR.size + 12 + _align(descsz, 4)
-                    note = snap.physical.readable_prefix(head, size)
-                    if len(note) == size:
-                        return VmcoreInfo(note, f"found in RAM at physical {head:#x}")
-            pos = hit + 1
-    return None
 
 
 # -- segments -----------------------------------------------------------------------------------
@@ -197,12 +138,12 @@ def plan_core(snap: Snapshot, virtual: bool = False, cpu_index: int = 0) -> Core
     if phnum >= PN_XNUM:
         raise UnsupportedError(f"{len(segments)} segments; more than ELF's {PN_XNUM - 1} program headers")
     notes_offset = EHDR.size + PHDR.size * phnum
-    data_offset = _align(notes_offset + len(notes), DATA_ALIGN)
+    data_offset = align(notes_offset + len(notes), DATA_ALIGN)
     range_offsets = []
     pos = data_offset
     for r in ranges:
         range_offsets.append((r, pos))
-        pos += _align(r.size, DATA_ALIGN)
+        pos += align(r.size, DATA_ALIGN)
     for s in segments:
         for r, off in range_offsets:
             if r.start <= s.paddr < r.end:
@@ -212,17 +153,11 @@ def plan_core(snap: Snapshot, virtual: bool = False, cpu_index: int = 0) -> Core
 
 
 def _headers(layout: CoreLayout, machine: int) -> bytes:
-    phnum = 1 + len(layout.segments)
-    ident = b"\x7fELF" + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
-    out = EHDR.pack(
-        ident, ET_CORE, machine, EV_CURRENT, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, phnum, 0, 0, 0
-    )
-    notes_offset = EHDR.size + PHDR.size * phnum
-    out += PHDR.pack(PT_NOTE, 0, notes_offset, 0, 0, len(layout.notes), len(layout.notes), 0)
-    for s in layout.segments:
-        # p_flags 0 and p_align 0, as QEMU writes them
-        out += PHDR.pack(PT_LOAD, 0, s.offset, s.vaddr, s.paddr, s.size, s.size, 0)
-    return out
+    notes_offset = EHDR.size + PHDR.size * (1 + len(layout.segments))
+    # p_flags 0 and p_align 0, as QEMU writes them
+    phdrs = [ProgramHeader(PT_NOTE, notes_offset, 0, 0, len(layout.notes), len(layout.notes))]
+    phdrs += [ProgramHeader(PT_LOAD, s.offset, s.vaddr, s.paddr, s.size, s.size) for s in layout.segments]
+    return core_headers(machine, phdrs)
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -346,7 +281,7 @@ def read_core_notes(path: str) -> list[tuple[bytes, int, bytes]]:
                 namesz, descsz, ntype = NHDR.unpack_from(data, pos)
                 pos += NHDR.size
                 name = data[pos : pos + namesz].rstrip(b"\0")
-                pos += _align(namesz, 4)
+                pos += align(namesz, 4)
                 out.append((name, ntype, data[pos : pos + descsz]))
-                pos += _align(descsz, 4)
+                pos += align(descsz, 4)
     return out

@@ -9,11 +9,12 @@ import gdb  # type: ignore[import-not-found]
 
 from .commands import COMMANDS
 from .functions import FUNCTIONS
+from .linux import COMMANDS as LINUX_COMMANDS
 from .session import SESSION
 
 
 def _register() -> None:
-    for cls in COMMANDS + FUNCTIONS:
+    for cls in COMMANDS + LINUX_COMMANDS + FUNCTIONS:
         cls()
 
     def _on_exit(_event=None) -> None:

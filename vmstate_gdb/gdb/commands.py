@@ -22,6 +22,14 @@ OVERVIEW = """The vmstate_gdb commands: a QEMU snapshot as a gdb target.
   vmstate-mac [NIC] [NEW_MAC] [--memory]    show a NIC's MAC, or change every copy of it
   vmstate-revert                            drop every pending edit
   vmstate-save OUT                          write a new snapshot with the edits
+
+The software inside a Linux guest (from its own kallsyms, BTF and ORC; no vmlinux needed):
+  vmstate-ps, vmstate-dmesg, vmstate-modules   tasks, kernel log, modules
+  vmstate-bt [PID|all]                      kernel stacks
+  vmstate-maps PID, vmstate-files PID       a process's memory map and open files
+  vmstate-task [PID]                        memory accesses through a process's page tables
+  vmstate-symbols, vmstate-types            the kernel's symbols and types for gdb itself
+
   $vmstate_dev("PATH"), $vmstate_dev_str("PATH")   a device field as a value / as text
   $vmstate_ncpus, $vmstate_nics, $vmstate_mac0...  set on open
   monitor help                              the server's monitor commands (info registers,

@@ -18,7 +18,9 @@ from typing import Any
 
 from vmstate_gdb.errors import QemuError
 
-GUEST_KINDS = ("small", "linux", "dummy", "small-arm64", "linux-arm64")
+#: linux-kaslr: the Linux guest booted without nokaslr (kernel text, modules and the direct map
+#: at random addresses, as distribution kernels run)
+GUEST_KINDS = ("small", "linux", "linux-kaslr", "dummy", "small-arm64", "linux-arm64")
 MACHINES = ("pc", "q35", "virt")
 #: machine -> the QEMU target that runs it
 MACHINE_TARGET = {"pc": "x86_64", "q35": "x86_64", "virt": "aarch64"}

@@ -66,6 +66,11 @@ def _run_build(argv: list[str], cwd: Path, timeout: float, what: str) -> None:
         )
 
 
+def _linux_dir(kind: str) -> str:
+    """tests/<dir> of a Linux guest kind: linux-kaslr is the x86 guest booted without nokaslr."""
+    return "linux-arm64" if kind == "linux-arm64" else "linux"
+
+
 def build_guest(kind: str, root: Path | None = None) -> None:
     """Run the guest's own build (``make -C tests/guest`` / ``tests/linux/build.sh``); both are
     incremental, so this is cheap when the outputs are up to date. The dummy needs no build here."""
@@ -78,8 +83,8 @@ def build_guest(kind: str, root: Path | None = None) -> None:
         if not (root / "tests/guest-arm64/Makefile").exists():
             raise GuestUnavailable(f"tests/guest-arm64/Makefile is missing under {root}")
         _run_build(["make", "-C", str(root / "tests/guest-arm64")], root, 600, "building the aarch64 guest")
-    elif kind in ("linux", "linux-arm64"):
-        script = root / f"tests/{kind}/build.sh"
+    elif kind in ("linux", "linux-kaslr", "linux-arm64"):
+        script = root / f"tests/{_linux_dir(kind)}/build.sh"
         if not script.exists():
             raise GuestUnavailable(f"{script} is missing")
         _run_build(["bash", str(script)], root, 1800, f"building the {kind} guest")
@@ -117,18 +122,26 @@ def small_arm64_guest(root: Path | None = None, build: bool = True) -> GuestImag
     return GuestImage("small-arm64", ("-kernel", str(elf)), r"GUEST READY", 30.0)
 
 
-def linux_guest(root: Path | None = None, build: bool = True, kind: str = "linux") -> GuestImage:
+def linux_guest(
+    root: Path | None = None, build: bool = True, kind: str = "linux", kaslr: bool = False
+) -> GuestImage:
+    """``kind``: linux, linux-kaslr (or ``kaslr=True``), linux-arm64."""
     root = root or repo_root()
-    out = root / f"tests/{kind}/build"
+    kind = "linux-kaslr" if kaslr else kind
+    kaslr = kind == "linux-kaslr"
+    out = root / f"tests/{_linux_dir(kind)}/build"
     files = [out / "vmlinuz", out / "initrd.img", out / "kernel.cmdline"]
     if not all(f.exists() for f in files) and build:
         build_guest(kind, root)
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise GuestUnavailable(
-            f"{kind} guest files missing: {', '.join(missing)} (run tests/{kind}/build.sh)"
+            f"{kind} guest files missing: {', '.join(missing)} (run tests/{_linux_dir(kind)}/build.sh)"
         )
     cmdline = (out / "kernel.cmdline").read_text().strip()
+    if kaslr:
+        # the bzImage's decompressor picks the random offsets, so boot vmlinuz (not the PVH vmlinux)
+        cmdline = " ".join(w for w in cmdline.split() if w != "nokaslr")
     return GuestImage(
         kind,
         ("-kernel", str(out / "vmlinuz"), "-initrd", str(out / "initrd.img"), "-append", cmdline),
@@ -148,7 +161,7 @@ def guest_image(kind: str, work_dir: Path, build: bool = True) -> GuestImage:
     """The :class:`GuestImage` for ``kind``, building it first if its files are missing."""
     if kind == "small":
         return small_guest(build=build)
-    if kind in ("linux", "linux-arm64"):
+    if kind in ("linux", "linux-kaslr", "linux-arm64"):
         return linux_guest(build=build, kind=kind)
     if kind == "small-arm64":
         return small_arm64_guest(build=build)

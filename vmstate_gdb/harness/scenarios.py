@@ -49,7 +49,7 @@ class Scenario:
             marks.append("qemu10")
         if self.config.accel == "kvm":
             marks.append("kvm")
-        if self.config.kind in ("linux", "linux-arm64"):
+        if self.config.kind.startswith("linux"):
             marks.append("linux")
         if self.config.target == "aarch64":
             marks.append("aarch64")
@@ -95,6 +95,14 @@ SCENARIOS: dict[str, Scenario] = _catalogue(
     ),
     Scenario("linux-pc-3nic", GuestConfig("linux", "pc", 1, 256, THREE_NICS)),
     Scenario("linux-q35-3nic-qemu10", GuestConfig("linux", "q35", 1, 256, THREE_NICS, qemu="10")),
+    # KASLR on (text, modules and the direct map at random addresses), 2 vCPUs, and QEMU's
+    # vmcoreinfo device, which the guest's qemu_fw_cfg driver fills with its VMCOREINFO address.
+    Scenario(
+        "linux-pc-kaslr-2cpu",
+        GuestConfig(
+            "linux-kaslr", "pc", 2, 256, (Nic("e1000", MAC_E1000),), extra_args=("-device", "vmcoreinfo")
+        ),
+    ),
     # The harness's own guest: needs only binutils, so the harness is tested even when the real
     # guests are not built. Its TICK lines carry zero MACs. (One is enough: the real guests cover
     # the machine/NIC/method matrix.)

@@ -59,6 +59,8 @@ class Snapshot:
     name: str | None = None
     #: digest of the guest's boot files (see guests.fingerprint), to detect stale cached snapshots
     guest_fingerprint: str | None = None
+    #: the serial console up to the stop: what the guest itself printed (its own view of its state)
+    console: str = ""
 
     @property
     def meta_path(self) -> Path:
@@ -80,6 +82,7 @@ class Snapshot:
             "last_tick": self.last_tick.to_json() if self.last_tick else None,
             "timings": self.timings,
             "guest_fingerprint": self.guest_fingerprint,
+            "console": self.console,
         }
 
     @classmethod
@@ -198,6 +201,7 @@ def capture(
     started = time.monotonic()
     vm.qmp("stop")
     state = vm.record_state()
+    console = vm.serial_text()
     ticks = vm.ticks()
     last_tick = ticks[-1] if ticks else None
     timings: dict[str, float] = {}
@@ -263,6 +267,7 @@ def capture(
         timings=timings,
         name=name,
         guest_fingerprint=fingerprint(vm.guest),
+        console=console,
     )
     snapshot.save()
     if keep_running:

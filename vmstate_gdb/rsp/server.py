@@ -52,9 +52,21 @@ class SnapshotServer:
         self._virtual: dict[int, tuple[int, VirtualMemory]] = {}
         self.detached = False
         self.killed = False
+        #: vmstate-task: (label, address space) of the guest process memory accesses go through
+        self.task_view: tuple[str, VirtualMemory] | None = None
+        self.linux = None  # the guest's Linux kernel (os.linux.kernel.LinuxKernel), built on first use
+        self.workdir: str | None = None  # files made for gdb (symbol files), removed by close()
+        from .linux_ops import OPERATIONS as LINUX_OPERATIONS
         from .vmstate_ops import OPERATIONS  # the qvmstate.* handlers
 
-        self.operations = OPERATIONS
+        self.operations = {**OPERATIONS, **LINUX_OPERATIONS}
+
+    def close(self) -> None:
+        if self.workdir:
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     # -- state --------------------------------------------------------------------------------
 
@@ -74,7 +86,9 @@ class SnapshotServer:
         return cached[1]
 
     def space(self) -> PhysicalMemory | VirtualMemory:
-        return self.snap.physical if self.physical_mode else self.virtual()
+        if self.physical_mode:
+            return self.snap.physical
+        return self.task_view[1] if self.task_view else self.virtual()
 
     def threads(self) -> list[int]:
         return [c.index + 1 for c in self.snap.cpus]
@@ -315,9 +329,10 @@ class SnapshotServer:
         from .search import search_virtual
 
         end = start + length
-        if self.physical_mode:
+        space = self.space()
+        if space is self.snap.physical:
             return self.snap.physical.search(pattern, start, end)
-        return search_virtual(self.virtual(), pattern, start, end)
+        return search_virtual(space, pattern, start, end)
 
     # -- registers ----------------------------------------------------------------------------
 
@@ -365,6 +380,7 @@ def serve_socket(
                 log(f"connection ended: {e}")
         finally:
             conn.close()
+            server.close()
         if once or server.killed:
             return
 

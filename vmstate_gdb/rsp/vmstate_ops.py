@@ -52,9 +52,13 @@ def describe(server: SnapshotServer) -> dict:
             f"{mark} vCPU {cpu.index} (thread {cpu.index + 1}): {cpu.cpu_mode} mode, "
             f"{cpu.paging_mode} paging, {snap.arch.pc_name}={cpu.pc:#x}{', halted' if cpu.halted else ''}"
         )
-    lines.append(
-        f"memory accesses: {'guest-physical' if server.physical_mode else 'virtual (selected vCPU)'}"
-    )
+    if server.physical_mode:
+        mode = "guest-physical"
+    elif server.task_view:
+        mode = f"virtual, through {server.task_view[0]}'s page tables (vmstate-task)"
+    else:
+        mode = "virtual (selected vCPU)"
+    lines.append(f"memory accesses: {mode}")
     for nic in _nics(server):
         lines.append(f"NIC {nic['name']} ({nic['model']}): {nic['mac']}")
     edits = snap.edits

@@ -188,3 +188,40 @@ class PageWalker:
                     yield from walk(base, depth + 1, va, ww, uu)
 
         yield from walk(top, 0, 0, True, True)
+
+    def leaves(self, start: int, end: int):
+        """Yield (virtual, size, physical or None, entry) for the leaf entries covering [start, end)
+        in 4- or 5-level paging: present pages with their physical address, and non-present
+        entries that are not empty (swapped-out or migrating pages, which Linux keeps in the
+        entry) with None. Empty entries are skipped, so untouched memory costs nothing. The range
+        must lie in one half of the address space."""
+        if self.mode not in ("4-level", "5-level"):
+            raise AddressError(f"walking a range needs 4- or 5-level paging, not {self.mode}", start)
+        bits = 57 if self.mode == "5-level" else 48
+        mask = (1 << bits) - 1
+        lo, hi = start & mask, ((end - 1) & mask) + 1
+
+        def walk(table: int, shift: int, base: int):
+            try:
+                raw = self.read(table, 4096)
+            except AddressError:
+                return
+            size = 1 << shift
+            for i in range(max(0, (lo - base) >> shift), 512):
+                va = base + (i << shift)
+                if va >= hi:
+                    return
+                entry = int.from_bytes(raw[8 * i : 8 * i + 8], "little")
+                if not entry:
+                    continue
+                if not entry & PRESENT:
+                    if shift == 12:
+                        yield va, size, None, entry
+                elif shift == 12 or (shift in (21, 30) and entry & PAGE_SIZE_BIT):
+                    yield va, size, entry & ADDR_MASK & ~(size - 1), entry
+                else:
+                    yield from walk(entry & ADDR_MASK, shift - 9, va)
+
+        top = 1 << (bits - 1)
+        for va, size, phys, entry in walk(self.cr3 & ADDR_MASK, bits - 9, 0):
+            yield (va | ~mask) & 0xFFFFFFFFFFFFFFFF if va & top else va, size, phys, entry

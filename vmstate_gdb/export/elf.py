@@ -1,0 +1,70 @@
+"""The ELF64 pieces every core we write shares: headers, program headers, notes (include/elf.h)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE, EM_X86_64 = 2, 1, 1, 4, 62
+PT_LOAD, PT_NOTE = 1, 4
+PF_X, PF_W, PF_R = 1, 2, 4
+NT_PRSTATUS, NT_PRFPREG, NT_PRPSINFO, NT_AUXV = 1, 2, 3, 6
+NT_FILE = 0x46494C45
+PN_XNUM = 0xFFFF
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+PHDR = struct.Struct("<IIQQQQQQ")
+NHDR = struct.Struct("<III")
+
+
+def align(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def make_note(name: bytes, note_type: int, desc: bytes) -> bytes:
+    """One ELF note: header, NUL-terminated name and desc, each padded to 4 bytes (as QEMU and
+    the kernel's coredump do)."""
+    name_z = name + b"\0"
+    return (
+        NHDR.pack(len(name_z), len(desc), note_type)
+        + name_z.ljust(align(len(name_z), 4), b"\0")
+        + desc.ljust(align(len(desc), 4), b"\0")
+    )
+
+
+@dataclass
+class ProgramHeader:
+    type: int
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+    flags: int = 0
+    align: int = 0
+
+    def pack(self) -> bytes:
+        return PHDR.pack(
+            self.type, self.flags, self.offset, self.vaddr, self.paddr, self.filesz, self.memsz, self.align
+        )
+
+
+def core_headers(machine: int, program_headers: list[ProgramHeader]) -> bytes:
+    """ELF header of an ET_CORE file followed by its program header table."""
+    ident = b"\x7fELF" + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
+    head = EHDR.pack(
+        ident,
+        ET_CORE,
+        machine,
+        EV_CURRENT,
+        0,
+        EHDR.size,
+        0,
+        0,
+        EHDR.size,
+        PHDR.size,
+        len(program_headers),
+        0,
+        0,
+        0,
+    )
+    return head + b"".join(p.pack() for p in program_headers)

@@ -1,0 +1,283 @@
+"""A Linux guest as a drgn Program, fed from the snapshot with no debug vmlinux.
+
+The Program reads guest-physical memory through the snapshot (the edit overlay included, nothing
+copied) and walks the kernel's page tables itself from VMCOREINFO's ``swapper_pg_dir``. Symbols come
+from the kernel's own kallsyms, types from its BTF (btf_types.py), stacks from the ORC tables linked
+into the image (drgn finds them through the symbols once the kernel module's address range is set).
+A DWARF vmlinux, where the user has one, replaces kallsyms and BTF.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import drgn
+from drgn import Object, Program
+
+from ...errors import AddressError, UnsupportedError
+from .debuginfo import LinuxError, load_debug_info_from_memory, load_module_symbols
+from .vmcoreinfo import VmcoreInfo, find_vmcoreinfo
+
+if TYPE_CHECKING:
+    from ...memory import VirtualMemory
+    from ...snapshot import Snapshot
+
+#: struct pt_regs member for each vCPU register (arch/x86/include/asm/ptrace.h)
+_PT_REGS = {
+    "r15": "r15",
+    "r14": "r14",
+    "r13": "r13",
+    "r12": "r12",
+    "bp": "rbp",
+    "bx": "rbx",
+    "r11": "r11",
+    "r10": "r10",
+    "r9": "r9",
+    "r8": "r8",
+    "ax": "rax",
+    "cx": "rcx",
+    "dx": "rdx",
+    "si": "rsi",
+    "di": "rdi",
+    "ip": "rip",
+    "sp": "rsp",
+    "flags": "eflags",
+}
+
+
+@dataclass
+class KernelFacts:
+    release: str
+    build_id: str
+    kaslr_offset: int
+    vmcoreinfo: str  # where VMCOREINFO came from
+    symbols: str  # where the symbols came from
+    types: str  # where the types came from
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class LinuxKernel:
+    """The drgn view of one snapshot's Linux kernel. ``open_linux`` builds it."""
+
+    def __init__(
+        self, snap: Snapshot, vmlinux: str | None = None, use_cache: bool = True, plugins: bool = False
+    ):
+        self.snap = snap
+        t0 = time.monotonic()
+        info = find_vmcoreinfo(snap)
+        if info is None:
+            raise LinuxError(
+                "no Linux kernel found: the guest's RAM holds no VMCOREINFO note (not Linux, or a "
+                "kernel built without CONFIG_CRASH_CORE / CONFIG_KEXEC_CORE)",
+                snap.path,
+            )
+        self.vmcoreinfo: VmcoreInfo = info
+        self.prog = Program(_platform(snap), vmcoreinfo=info.text.encode())
+        for r in snap.physical.ranges:
+            self.prog.add_memory_segment(r.start, r.size, self._read_physical, physical=True)
+        # before the target is set: drgn's plugins (ours too) look at the Program then
+        self.prog.cache["vmstate_kernel"] = self
+        with _drgn_plugins(plugins):
+            self.prog.set_linux_kernel_custom(info.text.encode(), False)
+        timings = {"vmcoreinfo_s": time.monotonic() - t0}
+        if vmlinux:
+            symbols, types = self._load_vmlinux(vmlinux)
+        else:
+            symbols, types = self._load_from_memory(use_cache, timings)
+        self.facts = KernelFacts(
+            info.release, info.build_id, info.kaslr_offset, info.source, symbols, types, timings
+        )
+        self._vcpu_of_cpu: dict[int, int] | None = None
+        self._modules_loaded = bool(vmlinux)
+
+    def load_modules(self) -> None:
+        """Kernel modules as drgn modules (address ranges, so their ORC unwinds) and their kallsyms;
+        on demand, since ps or dmesg need neither."""
+        if not self._modules_loaded:
+            self._modules_loaded = True
+            t = time.monotonic()
+            self.module_warning = load_module_symbols(self.prog)
+            self.facts.timings["modules_s"] = time.monotonic() - t
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    def _read_physical(self, address: int, count: int, offset: int, physical: bool) -> bytes:
+        try:
+            return self.snap.physical.read(address, count)
+        except AddressError as e:
+            raise drgn.FaultError(e.message, address) from None
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _load_from_memory(self, use_cache: bool, timings: dict[str, float]) -> tuple[str, str]:
+        loaded = load_debug_info_from_memory(self.prog, self.vmcoreinfo, self.snap.path, use_cache, timings)
+        self.btf_types = loaded.types
+        return loaded.symbols_source, loaded.types_source
+
+    def btf_blob(self) -> bytes:
+        """The kernel's BTF as it is in guest memory (for bpftool and the like)."""
+        types = getattr(self, "btf_types", None)
+        if types is None:
+            raise LinuxError("the kernel's types come from a vmlinux here, not from BTF", self.snap.path)
+        return types.btf.data
+
+    def _load_vmlinux(self, vmlinux: str) -> tuple[str, str]:
+        prog = self.prog
+        try:
+            kernel = prog.main_module("kernel", create=True)
+            kernel.try_file(vmlinux, force=True)
+        except (OSError, drgn.MissingDebugInfoError, ValueError) as e:
+            raise LinuxError(f"cannot use it as the kernel's vmlinux: {e}", vmlinux) from None
+        if kernel.debug_file_status != drgn.ModuleFileStatus.HAVE:
+            raise LinuxError(
+                "no DWARF debug info in it (a debug vmlinux, e.g. from linux-image-*-dbg)", vmlinux
+            )
+        # modules: their kallsyms name their code (their debug files are seldom at hand)
+        self.module_warning = load_module_symbols(self.prog)
+        return f"vmlinux {vmlinux}", f"DWARF in {vmlinux}"
+
+    # -- CPUs and tasks -------------------------------------------------------------------------
+
+    def vcpu_of_cpu(self) -> dict[int, int]:
+        """Linux CPU number -> vCPU index, matched by per-CPU base (GS base in the kernel,
+        KERNEL_GS_BASE while in user mode), so a guest that numbers its CPUs differently is right."""
+        if self._vcpu_of_cpu is None:
+            from drgn.helpers.linux.cpumask import for_each_online_cpu
+
+            offsets = {}
+            per_cpu_offset = self.prog["__per_cpu_offset"]
+            for cpu in for_each_online_cpu(self.prog):
+                offsets[per_cpu_offset[cpu].value_()] = cpu
+            mapping = {}
+            for vcpu in self.snap.cpus:
+                in_user = vcpu["cs.selector"] & 3 == 3
+                base = vcpu["kernel_gs_base"] if in_user else vcpu["gs.base"]
+                cpu = offsets.get(base)
+                if cpu is None and len(offsets) == len(self.snap.cpus):
+                    cpu = vcpu.index  # early boot or firmware: assume the usual 1:1 numbering
+                if cpu is not None:
+                    mapping[cpu] = vcpu.index
+            self._vcpu_of_cpu = mapping
+        return self._vcpu_of_cpu
+
+    def running(self) -> dict[int, Object]:
+        """vCPU index -> the task it runs (the idle task when the vCPU is idle)."""
+        from drgn.helpers.linux.sched import cpu_curr
+
+        return {vcpu: cpu_curr(self.prog, cpu) for cpu, vcpu in self.vcpu_of_cpu().items()}
+
+    def vcpu_running(self, task: Object) -> int | None:
+        address = task.value_()
+        for vcpu, curr in self.running().items():
+            if curr.value_() == address:
+                return vcpu
+        return None
+
+    def task(self, pid: int) -> Object:
+        from drgn.helpers.linux.pid import find_task
+
+        task = find_task(self.prog, pid)
+        if not task:
+            raise LinuxError(f"no task with pid {pid} in this snapshot")
+        return task
+
+    def vcpu_regs(self, vcpu_index: int) -> Object:
+        """The vCPU's registers as a ``struct pt_regs`` value, for unwinding a running task."""
+        cpu = self.snap.cpu(vcpu_index)
+        values = {member: cpu[reg] for member, reg in _PT_REGS.items()}
+        values.update(cs=cpu["cs.selector"], ss=cpu["ss.selector"])
+        return Object(self.prog, "struct pt_regs", value=values)
+
+    def stack_trace(self, task: Object) -> drgn.StackTrace:
+        """The task's kernel stack: from the vCPU's registers when it is running in the kernel,
+        else from what the scheduler saved when it switched away."""
+        self.load_modules()
+        vcpu = self.vcpu_running(task)
+        if vcpu is not None and self.snap.cpu(vcpu)["cs.selector"] & 3 == 0:
+            return self.prog.stack_trace(self.vcpu_regs(vcpu))
+        return self.prog.stack_trace(task)
+
+    def kernel_space(self) -> VirtualMemory:
+        """Kernel virtual addresses, through init_mm's page tables (those of every task's kernel
+        half), for writes: drgn itself only reads."""
+        from drgn.helpers.linux.mm import follow_phys
+
+        init_mm = self.prog["init_mm"]
+        root = follow_phys(init_mm.address_of_(), init_mm.pgd.value_()).value_()
+        return self.snap.virtual(0, root=root)
+
+    def write(self, address: int, data: bytes, task: Object | None = None) -> None:
+        """Edit guest memory at a kernel address, or at a user address of ``task``; the edit goes to
+        the snapshot's overlay and is saved with it."""
+        space = self.kernel_space() if task is None else self.user_space(task)
+        space.write(address, data)
+
+    def user_space(self, task: Object) -> VirtualMemory:
+        """The task's user address space: its mm's page tables, walked like the vCPU's own."""
+        from drgn.helpers.linux.mm import virt_to_phys
+
+        mm = task.mm
+        if not mm:
+            raise LinuxError(
+                f"task {task.pid.value_()} ({_comm(task)}) is a kernel thread: it has no user memory"
+            )
+        root = virt_to_phys(mm.pgd).value_()
+        return self.snap.virtual(0, root=root)
+
+
+def _comm(task: Object) -> str:
+    return task.comm.string_().decode(errors="replace")
+
+
+def _platform(snap: Snapshot) -> drgn.Platform:
+    """The drgn platform of the guest, from its vCPUs (x86_64 is what the snapshot layer reads)."""
+    cpus = snap.cpus
+    if not cpus:
+        raise UnsupportedError("no vCPU state in the snapshot, so no kernel to read", snap.path)
+    if cpus[0].cpu_mode != "long":
+        raise LinuxError(
+            f"vCPU 0 is in {cpus[0].cpu_mode} mode: a 64-bit Linux kernel runs in long mode", snap.path
+        )
+    flags = drgn.PlatformFlags.IS_64_BIT | drgn.PlatformFlags.IS_LITTLE_ENDIAN
+    return drgn.Platform(drgn.Architecture.X86_64, flags)
+
+
+@contextmanager
+def _drgn_plugins(enabled: bool) -> Iterator[None]:
+    """drgn loads every installed plugin (its own command sets among them, 0.1 s) when a target is
+    set; only the interactive shell has a use for them. drgn reads DRGN_DISABLE_PLUGINS once."""
+    if enabled or "DRGN_DISABLE_PLUGINS" in os.environ:
+        yield
+        return
+    os.environ["DRGN_DISABLE_PLUGINS"] = "*"
+    try:
+        yield
+    finally:
+        del os.environ["DRGN_DISABLE_PLUGINS"]
+
+
+@contextmanager
+def kernel_errors(path: str) -> Iterator[None]:
+    """drgn's errors as one clear line: memory drgn could not read, objects it could not find."""
+    try:
+        yield
+    except drgn.FaultError as e:
+        raise LinuxError(f"kernel memory unreadable: {e}", path) from None
+    except drgn.ObjectAbsentError as e:
+        raise LinuxError(f"kernel object absent: {e}", path) from None
+    except LookupError as e:
+        raise LinuxError(f"not found in the kernel: {e.args[0] if e.args else e}", path) from None
+
+
+def open_linux(
+    snap: Snapshot, vmlinux: str | None = None, use_cache: bool = True, plugins: bool = False
+) -> LinuxKernel:
+    """The Linux kernel of a snapshot, or a LinuxError saying in one line what is missing.
+    ``plugins``: let drgn load its plugins (for drgn's own shell)."""
+    with kernel_errors(snap.path):
+        return LinuxKernel(snap, vmlinux, use_cache, plugins)
