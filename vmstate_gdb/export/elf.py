@@ -5,30 +5,17 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+# note framing is shared with the architectures' core notes: one definition, in arch/
+from ..arch.elfnote import NHDR, NT_PRFPREG, NT_PRSTATUS, align, make_note  # noqa: F401
+
 ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE, EM_X86_64 = 2, 1, 1, 4, 62
 PT_LOAD, PT_NOTE = 1, 4
 PF_X, PF_W, PF_R = 1, 2, 4
-NT_PRSTATUS, NT_PRFPREG, NT_PRPSINFO, NT_AUXV = 1, 2, 3, 6
+NT_PRPSINFO, NT_AUXV = 3, 6
 NT_FILE = 0x46494C45
 PN_XNUM = 0xFFFF
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
-NHDR = struct.Struct("<III")
-
-
-def align(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
-def make_note(name: bytes, note_type: int, desc: bytes) -> bytes:
-    """One ELF note: header, NUL-terminated name and desc, each padded to 4 bytes (as QEMU and
-    the kernel's coredump do)."""
-    name_z = name + b"\0"
-    return (
-        NHDR.pack(len(name_z), len(desc), note_type)
-        + name_z.ljust(align(len(name_z), 4), b"\0")
-        + desc.ljust(align(len(desc), 4), b"\0")
-    )
 
 
 @dataclass

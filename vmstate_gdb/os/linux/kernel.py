@@ -235,16 +235,19 @@ def _comm(task: Object) -> str:
 
 
 def _platform(snap: Snapshot) -> drgn.Platform:
-    """The drgn platform of the guest, from its vCPUs (x86_64 is what the snapshot layer reads)."""
+    """The drgn platform of the guest, as its architecture (snap.arch) names it."""
     cpus = snap.cpus
     if not cpus:
         raise UnsupportedError("no vCPU state in the snapshot, so no kernel to read", snap.path)
-    if cpus[0].cpu_mode != "long":
+    if cpus[0].bits != 64:
         raise LinuxError(
-            f"vCPU 0 is in {cpus[0].cpu_mode} mode: a 64-bit Linux kernel runs in long mode", snap.path
+            f"vCPU 0 is in {cpus[0].cpu_mode} mode: a 64-bit Linux kernel runs in 64-bit mode", snap.path
         )
-    flags = drgn.PlatformFlags.IS_64_BIT | drgn.PlatformFlags.IS_LITTLE_ENDIAN
-    return drgn.Platform(drgn.Architecture.X86_64, flags)
+    arch = snap.arch
+    flags = drgn.PlatformFlags(0)
+    for name in arch.drgn_platform_flags:
+        flags |= getattr(drgn.PlatformFlags, name)
+    return drgn.Platform(getattr(drgn.Architecture, arch.drgn_architecture), flags)
 
 
 @contextmanager
