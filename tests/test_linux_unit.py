@@ -9,12 +9,13 @@ import drgn
 import pytest
 from drgn import Architecture, Platform, PlatformFlags, Program, TypeKind
 
+from vmstate_gdb.arch import by_name
 from vmstate_gdb.errors import FormatError
 from vmstate_gdb.os.linux import btf as B
 from vmstate_gdb.os.linux.btf_types import BtfTypes
 from vmstate_gdb.os.linux.declarations import _state_strings
 from vmstate_gdb.os.linux.process import Vma
-from vmstate_gdb.os.linux.symbols import _decode, _encode
+from vmstate_gdb.os.linux.symbols import Relocation, _decode, _encode
 from vmstate_gdb.os.linux.vmcoreinfo import VmcoreInfo
 
 pytestmark = pytest.mark.unit
@@ -183,13 +184,15 @@ def test_symbol_cache_round_trip_relocates_the_kernel_image_only():
         drgn.Symbol("_stext", 0xFFFFFFFF81000000, 0, drgn.SymbolBinding.GLOBAL, drgn.SymbolKind.FUNC),
         drgn.Symbol("runqueues", 0x31C40, 0xCC0, drgn.SymbolBinding.GLOBAL, drgn.SymbolKind.OBJECT),
     ]
-    data = _encode(syms, 0)
-    moved = _decode(data, 0x1E000000)
+    image = by_name("x86_64").linux_abi().is_kernel_image
+    data = _encode(syms, Relocation(0, image))
+    moved = _decode(data, Relocation(0x1E000000, image))
     assert [(s.name, s.address, s.size, s.kind) for s in moved] == [
         ("_stext", 0xFFFFFFFF9F000000, 0, drgn.SymbolKind.FUNC),
         ("runqueues", 0x31C40, 0xCC0, drgn.SymbolKind.OBJECT),  # a per-CPU offset stays
     ]
-    assert _decode(data[:-3], 0) is None and _decode(b"garbage!" + data[8:], 0) is None
+    assert _decode(data[:-3], Relocation(0, image)) is None
+    assert _decode(b"garbage!" + data[8:], Relocation(0, image)) is None
 
 
 def test_maps_line_is_the_kernels_format():
@@ -212,8 +215,8 @@ def test_a_kernel_without_the_pieces_gets_one_line_naming_the_missing_one():
     with pytest.raises(
         LinuxError, match=r"Linux 5\.15\.0: its VMCOREINFO has no kallsyms fields .*--vmlinux"
     ):
-        load_debug_info_from_memory(program(), old, "snap.img")
+        load_debug_info_from_memory(program(), old, "snap.img", by_name("x86_64").linux_abi())
     try:
-        load_debug_info_from_memory(program(), old, "snap.img")
+        load_debug_info_from_memory(program(), old, "snap.img", by_name("x86_64").linux_abi())
     except LinuxError as e:
         assert str(e).startswith("snap.img: ") and "\n" not in str(e)

@@ -18,6 +18,7 @@ from ..errors import UnsupportedError
 if TYPE_CHECKING:
     from ..snapshot import Snapshot
     from ..stream.index import StreamIndex
+    from .linux_abi import LinuxAbi
     from .paging import Translation
 
 ReadPhysical = Callable[[int, int], bytes]
@@ -198,6 +199,12 @@ class Architecture:
         """(pr_pid, {register name for set_register: value}) of an NT_PRSTATUS desc, only the
         registers a core can change; None when the desc is not this architecture's."""
         raise NotImplementedError
+
+    # -- the OS inside --------------------------------------------------------------------------
+
+    def linux_abi(self) -> LinuxAbi | None:
+        """How Linux uses this architecture (for os/linux); None where there is no Linux view."""
+        return None
 
     # -- device state ---------------------------------------------------------------------------
 

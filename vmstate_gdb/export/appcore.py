@@ -26,7 +26,6 @@ from ..os.linux.kernel import LinuxKernel
 from ..os.linux.tasks import comm
 from .elf import (
     EHDR,
-    EM_X86_64,
     NT_AUXV,
     NT_FILE,
     NT_PRFPREG,
@@ -47,13 +46,11 @@ from .elf import (
 PAGE = 4096
 VM_IO, VM_DONTDUMP = 0x00004000, 0x04000000  # include/linux/mm.h
 ELF_PRARGSZ = 80
-# struct elf_prstatus (include/linux/elfcore.h) on x86_64: 112 bytes of common fields, pr_reg
-# (27 words of user_regs_struct), pr_fpvalid, padded to 336
+# struct elf_prstatus (include/linux/elfcore.h) on 64-bit: 112 bytes of common fields, pr_reg
+# (the architecture's user_regs_struct), pr_fpvalid, padded to 8 bytes
 PRSTATUS = struct.Struct("<iii h2x QQ iiii qqqqqqqq")  # siginfo, cursig, sigpend, sighold, ids, times
-PRSTATUS_SIZE = 336
 PRSTATUS_REGS_OFFSET = 112
-PRSTATUS_FPVALID_OFFSET = 328
-# struct elf_prpsinfo on x86_64, 136 bytes
+# struct elf_prpsinfo on 64-bit, 136 bytes
 PRPSINFO = struct.Struct("<bcbb4xQIIiiii16s80s")
 
 
@@ -124,11 +121,13 @@ def prstatus(kernel: LinuxKernel, task: Object, regs: P.UserRegisters) -> bytes:
         times += [0, 0, 0, 0]
     sigpend = task.pending.signal.sig[0].value_()
     sighold = task.blocked.sig[0].value_()
-    desc = bytearray(PRSTATUS_SIZE)
+    names = kernel.abi.user_regs
+    fpvalid_offset = PRSTATUS_REGS_OFFSET + 8 * len(names)
+    desc = bytearray(align(fpvalid_offset + 4, 8))
     PRSTATUS.pack_into(desc, 0, 0, 0, 0, 0, sigpend, sighold, pid, ppid, pgrp, sid, *times)
-    values = [regs.values[name] & 0xFFFFFFFFFFFFFFFF for name, _ in P.USER_REGS]
-    struct.pack_into("<27Q", desc, PRSTATUS_REGS_OFFSET, *values)
-    struct.pack_into("<i", desc, PRSTATUS_FPVALID_OFFSET, 1 if regs.fxsave else 0)
+    values = [regs.values[name] & 0xFFFFFFFFFFFFFFFF for name in names]
+    struct.pack_into(f"<{len(names)}Q", desc, PRSTATUS_REGS_OFFSET, *values)
+    struct.pack_into("<i", desc, fpvalid_offset, 1 if regs.fp else 0)
     return make_note(b"CORE", NT_PRSTATUS, bytes(desc))
 
 
@@ -202,8 +201,8 @@ def write_app_core(
         notes += prstatus(kernel, thread, regs)
         if n == 0:
             notes += prpsinfo(kernel, task.group_leader) + auxv_note(kernel, task) + file_note(vmas)
-        if regs.fxsave:
-            notes += make_note(b"CORE", NT_PRFPREG, regs.fxsave)
+        if regs.fp:
+            notes += make_note(b"CORE", NT_PRFPREG, regs.fp)
         if regs.source != "pt_regs":
             text.append(f"thread {thread.pid.value_()}: registers of {regs.source} (running in user mode)")
 
@@ -249,7 +248,7 @@ def write_app_core(
     done = 0
     try:
         with AtomicOutput(out) as f:
-            f.write(core_headers(EM_X86_64, phdrs))
+            f.write(core_headers(snap.arch.elf_machine, phdrs))
             f.write(notes)
             for seg in segments:
                 for offset, phys in seg.pages:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 # note framing is shared with the architectures' core notes: one definition, in arch/
 from ..arch.elfnote import NHDR, NT_PRFPREG, NT_PRSTATUS, align, make_note  # noqa: F401
 
-ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE, EM_X86_64 = 2, 1, 1, 4, 62
+ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ET_CORE = 2, 1, 1, 4
 PT_LOAD, PT_NOTE = 1, 4
 PF_X, PF_W, PF_R = 1, 2, 4
 NT_PRPSINFO, NT_AUXV = 3, 6

@@ -13,7 +13,7 @@ import struct
 from drgn import SymbolKind
 
 from ..os.linux.kernel import LinuxKernel
-from .elf import EHDR, ELFCLASS64, ELFDATA2LSB, EM_X86_64, EV_CURRENT, align
+from .elf import EHDR, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, align
 
 ET_EXEC = 2
 SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -78,7 +78,20 @@ def write_symbol_file(kernel: LinuxKernel, out: str) -> int:
     ]
     ident = b"\x7fELF" + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
     header = EHDR.pack(
-        ident, ET_EXEC, EM_X86_64, EV_CURRENT, 0, 0, shoff, 0, EHDR.size, 0, 0, SHDR.size, 5, 4
+        ident,
+        ET_EXEC,
+        kernel.snap.arch.elf_machine,
+        EV_CURRENT,
+        0,
+        0,
+        shoff,
+        0,
+        EHDR.size,
+        0,
+        0,
+        SHDR.size,
+        5,
+        4,
     )
     with open(out, "wb") as f:
         f.write(header)

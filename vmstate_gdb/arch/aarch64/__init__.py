@@ -14,6 +14,7 @@ from .paging import PageWalker
 if TYPE_CHECKING:
     from ...snapshot import Snapshot
     from ...stream.index import Section, StreamIndex
+    from ..linux_abi import LinuxAbi
 
 
 class Aarch64(Architecture):
@@ -28,6 +29,11 @@ class Aarch64(Architecture):
     core_notes_text = "NT_PRSTATUS and NT_PRFPREG"
     instruction_size = 4
     max_instruction_size = 4
+
+    def linux_abi(self) -> LinuxAbi:
+        from .linux_abi import LINUX
+
+        return LINUX
 
     def probe(self, index: StreamIndex) -> bool:
         for sec in index.devices:

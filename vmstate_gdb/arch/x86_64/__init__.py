@@ -19,6 +19,7 @@ from .paging import PageWalker
 if TYPE_CHECKING:
     from ...snapshot import Snapshot
     from ...stream.index import StreamIndex
+    from ..linux_abi import LinuxAbi
 
 # Registers whose change must be reflected in TCG's derived hflags (see compute_hflags).
 _HFLAGS_INPUTS = {"cr0", "cr4", "efer", "eflags"} | {
@@ -41,6 +42,11 @@ class X86_64(Architecture):
     core_notes_text = "NT_PRSTATUS and QEMU CPU state"
     instruction_size = None
     max_instruction_size = 16
+
+    def linux_abi(self) -> LinuxAbi:
+        from .linux_abi import LINUX
+
+        return LINUX
 
     def probe(self, index: StreamIndex) -> bool:
         for sec in index.devices:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import drgn
 from drgn import Program
@@ -17,6 +18,9 @@ from . import btf_types
 from .btf import Btf
 from .symbols import KernelSymbols
 from .vmcoreinfo import VmcoreInfo
+
+if TYPE_CHECKING:
+    from ...arch.linux_abi import LinuxAbi
 
 MAX_BTF = 256 << 20
 
@@ -43,6 +47,7 @@ def load_debug_info_from_memory(
     prog: Program,
     info: VmcoreInfo,
     path: str | None,
+    abi: LinuxAbi,
     use_cache: bool = True,
     timings: dict[str, float] | None = None,
     enable_index: int = 0,
@@ -61,7 +66,7 @@ def load_debug_info_from_memory(
             path,
         )
     t = time.monotonic()
-    kallsyms = KernelSymbols(prog, info, use_cache)
+    kallsyms = KernelSymbols(prog, info, abi.is_kernel_image, use_cache)
     prog.register_symbol_finder("vmstate-kallsyms", kallsyms, enable_index=enable_index)
     timings["kallsyms_s"] = time.monotonic() - t
 

@@ -24,30 +24,9 @@ from .debuginfo import LinuxError, load_debug_info_from_memory, load_module_symb
 from .vmcoreinfo import VmcoreInfo, find_vmcoreinfo
 
 if TYPE_CHECKING:
+    from ...arch.linux_abi import LinuxAbi
     from ...memory import VirtualMemory
     from ...snapshot import Snapshot
-
-#: struct pt_regs member for each vCPU register (arch/x86/include/asm/ptrace.h)
-_PT_REGS = {
-    "r15": "r15",
-    "r14": "r14",
-    "r13": "r13",
-    "r12": "r12",
-    "bp": "rbp",
-    "bx": "rbx",
-    "r11": "r11",
-    "r10": "r10",
-    "r9": "r9",
-    "r8": "r8",
-    "ax": "rax",
-    "cx": "rcx",
-    "dx": "rdx",
-    "si": "rsi",
-    "di": "rdi",
-    "ip": "rip",
-    "sp": "rsp",
-    "flags": "eflags",
-}
 
 
 @dataclass
@@ -68,6 +47,10 @@ class LinuxKernel:
         self, snap: Snapshot, vmlinux: str | None = None, use_cache: bool = True, plugins: bool = False
     ):
         self.snap = snap
+        abi = snap.arch.linux_abi()
+        if abi is None:
+            raise LinuxError(f"no Linux view of {snap.arch.name} guests yet", snap.path)
+        self.abi: LinuxAbi = abi
         t0 = time.monotonic()
         info = find_vmcoreinfo(snap)
         if info is None:
@@ -115,7 +98,9 @@ class LinuxKernel:
     # -- loading --------------------------------------------------------------------------------
 
     def _load_from_memory(self, use_cache: bool, timings: dict[str, float]) -> tuple[str, str]:
-        loaded = load_debug_info_from_memory(self.prog, self.vmcoreinfo, self.snap.path, use_cache, timings)
+        loaded = load_debug_info_from_memory(
+            self.prog, self.vmcoreinfo, self.snap.path, self.abi, use_cache, timings
+        )
         self.btf_types = loaded.types
         return loaded.symbols_source, loaded.types_source
 
@@ -144,8 +129,8 @@ class LinuxKernel:
     # -- CPUs and tasks -------------------------------------------------------------------------
 
     def vcpu_of_cpu(self) -> dict[int, int]:
-        """Linux CPU number -> vCPU index, matched by per-CPU base (GS base in the kernel,
-        KERNEL_GS_BASE while in user mode), so a guest that numbers its CPUs differently is right."""
+        """Linux CPU number -> vCPU index, matched by the per-CPU offset each vCPU holds, so a guest
+        that numbers its CPUs differently is right."""
         if self._vcpu_of_cpu is None:
             from drgn.helpers.linux.cpumask import for_each_online_cpu
 
@@ -155,9 +140,7 @@ class LinuxKernel:
                 offsets[per_cpu_offset[cpu].value_()] = cpu
             mapping = {}
             for vcpu in self.snap.cpus:
-                in_user = vcpu["cs.selector"] & 3 == 3
-                base = vcpu["kernel_gs_base"] if in_user else vcpu["gs.base"]
-                cpu = offsets.get(base)
+                cpu = offsets.get(self.abi.per_cpu_offset(vcpu))
                 if cpu is None and len(offsets) == len(self.snap.cpus):
                     cpu = vcpu.index  # early boot or firmware: assume the usual 1:1 numbering
                 if cpu is not None:
@@ -188,17 +171,16 @@ class LinuxKernel:
 
     def vcpu_regs(self, vcpu_index: int) -> Object:
         """The vCPU's registers as a ``struct pt_regs`` value, for unwinding a running task."""
-        cpu = self.snap.cpu(vcpu_index)
-        values = {member: cpu[reg] for member, reg in _PT_REGS.items()}
-        values.update(cs=cpu["cs.selector"], ss=cpu["ss.selector"])
-        return Object(self.prog, "struct pt_regs", value=values)
+        regs_type = self.prog.type("struct pt_regs")
+        data = self.abi.pt_regs(self.snap.cpu(vcpu_index), regs_type.size)
+        return Object.from_bytes_(self.prog, regs_type, data)
 
     def stack_trace(self, task: Object) -> drgn.StackTrace:
         """The task's kernel stack: from the vCPU's registers when it is running in the kernel,
         else from what the scheduler saved when it switched away."""
         self.load_modules()
         vcpu = self.vcpu_running(task)
-        if vcpu is not None and self.snap.cpu(vcpu)["cs.selector"] & 3 == 0:
+        if vcpu is not None and not self.abi.in_user_mode(self.snap.cpu(vcpu)):
             return self.prog.stack_trace(self.vcpu_regs(vcpu))
         return self.prog.stack_trace(task)
 

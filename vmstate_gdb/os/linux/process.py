@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from drgn import Object
 
+from ...errors import VmstateError
 from .kernel import LinuxError, LinuxKernel
 from .tasks import comm
 
@@ -143,44 +144,11 @@ def threads(kernel: LinuxKernel, task: Object) -> list[Object]:
     return [leader] + sorted(rest, key=lambda t: t.pid.value_())
 
 
-# x86_64 struct user_regs_struct order (arch/x86/include/asm/user_64.h) and the pt_regs member
-# that holds each (arch/x86/include/asm/ptrace.h)
-USER_REGS = (
-    ("r15", "r15"),
-    ("r14", "r14"),
-    ("r13", "r13"),
-    ("r12", "r12"),
-    ("rbp", "bp"),
-    ("rbx", "bx"),
-    ("r11", "r11"),
-    ("r10", "r10"),
-    ("r9", "r9"),
-    ("r8", "r8"),
-    ("rax", "ax"),
-    ("rcx", "cx"),
-    ("rdx", "dx"),
-    ("rsi", "si"),
-    ("rdi", "di"),
-    ("orig_rax", "orig_ax"),
-    ("rip", "ip"),
-    ("cs", "cs"),
-    ("eflags", "flags"),
-    ("rsp", "sp"),
-    ("ss", "ss"),
-    ("fs_base", None),
-    ("gs_base", None),
-    ("ds", None),
-    ("es", None),
-    ("fs", None),
-    ("gs", None),
-)
-
-
 @dataclass
 class UserRegisters:
     values: dict[str, int]  # user_regs_struct names
     source: str  # "pt_regs" (saved at kernel entry) or "vCPU N" (running in user mode)
-    fxsave: bytes | None  # the 512-byte FXSAVE image (NT_FPREGSET), where the kernel holds it
+    fp: bytes | None  # the NT_PRFPREG desc, where the kernel holds the FPU state
 
 
 def user_registers(kernel: LinuxKernel, task: Object) -> UserRegisters:
@@ -190,58 +158,21 @@ def user_registers(kernel: LinuxKernel, task: Object) -> UserRegisters:
         raise LinuxError(
             f"task {task.pid.value_()} ({comm(task)}) is a kernel thread: it has no user registers"
         )
+    abi = kernel.abi
     vcpu = kernel.vcpu_running(task)
-    thread = task.thread
-    if vcpu is not None and kernel.snap.cpu(vcpu)["cs.selector"] & 3 == 3:
-        cpu = kernel.snap.cpu(vcpu)
-        values = {name: cpu[name] for name, _ in USER_REGS if name in cpu.values}
-        values.update(
-            orig_rax=(1 << 64) - 1,
-            cs=cpu["cs.selector"],
-            ss=cpu["ss.selector"],
-            fs_base=cpu["fs.base"],
-            gs_base=cpu["gs.base"],
-        )
-        for seg in ("ds", "es", "fs", "gs"):
-            values[seg] = cpu[f"{seg}.selector"]
-        return UserRegisters(values, f"vCPU {vcpu}", None)
-    regs = _pt_regs(kernel, task)
-    values = {name: regs.member_(member).value_() for name, member in USER_REGS if member}
-    values.update(
-        fs_base=thread.fsbase.value_(),
-        gs_base=thread.gsbase.value_(),
-        ds=thread.ds.value_(),
-        es=thread.es.value_(),
-        fs=thread.fsindex.value_(),
-        gs=thread.gsindex.value_(),
-    )
-    return UserRegisters(values, "pt_regs", _fxsave(kernel, task))
+    if vcpu is not None and abi.in_user_mode(kernel.snap.cpu(vcpu)):
+        return UserRegisters(abi.user_regs_of_vcpu(kernel.snap.cpu(vcpu)), f"vCPU {vcpu}", None)
+    values = abi.user_regs_of_thread(task, _pt_regs(kernel, task))
+    return UserRegisters(values, "pt_regs", abi.fp_regs_of_thread(kernel.prog, task))
 
 
 def _pt_regs(kernel: LinuxKernel, task: Object) -> Object:
-    """task_pt_regs(): the entry frame at the very top of the kernel stack (x86_64 keeps no
-    padding above it, TOP_OF_KERNEL_STACK_PADDING is 0)."""
+    """task_pt_regs(): the entry frame at the very top of the kernel stack (no padding above it
+    on 64-bit architectures: x86_64's TOP_OF_KERNEL_STACK_PADDING is 0, arm64 has none)."""
     prog = kernel.prog
     top = task.stack.value_() + prog["THREAD_SIZE"].value_()
     regs_type = prog.type("struct pt_regs")
     return Object(prog, regs_type, address=top - regs_type.size)
-
-
-def _fxsave(kernel: LinuxKernel, task: Object) -> bytes | None:
-    """The FPU state the kernel saved for a thread that is switched out (since Linux 5.16 behind
-    ``fpu->fpstate``, before in ``fpu->state``)."""
-    fpu = task.thread.fpu
-    try:
-        state = fpu.fpstate.regs
-    except AttributeError:
-        try:
-            state = fpu.state
-        except AttributeError:
-            return None
-    try:
-        return kernel.prog.read(state.fxsave.address_, 512)
-    except (LookupError, ValueError):
-        return None
 
 
 def auxv(kernel: LinuxKernel, task: Object) -> list[tuple[int, int]]:
@@ -326,12 +257,14 @@ def vma_pages(kernel: LinuxKernel, space, vma: Vma) -> list[PageRun]:
 
 
 def _vdso_pages(kernel: LinuxKernel) -> list[int] | None:
-    """Physical pages of the kernel's 64-bit vDSO image (arch/x86/entry/vdso: vdso_image_64),
-    which every process maps as [vdso] and which a page fault would map in."""
+    """Physical pages of the kernel's vDSO image, which every process maps as [vdso] and which a
+    page fault would map in."""
+    found = kernel.abi.vdso_range(kernel.prog)
+    if found is None:
+        return None
+    start, size = found
     try:
-        image = kernel.prog["vdso_image_64"]
-        start, size = image.data.value_(), image.size.value_()
         space = kernel.kernel_space()
         return [space.translate(start + off).physical for off in range(0, size, 4096)]
-    except (LookupError, AttributeError, ValueError):
+    except (LookupError, AttributeError, ValueError, VmstateError):
         return None

@@ -14,6 +14,8 @@ import hashlib
 import os
 import struct
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from drgn import Program, Symbol, SymbolBinding, SymbolIndex, SymbolKind
@@ -22,7 +24,6 @@ from .vmcoreinfo import VmcoreInfo
 
 CACHE_ENV = "VMSTATE_CACHE_DIR"
 _MAGIC = b"VMSKSYM2"
-_KERNEL_IMAGE = 0xFFFFFFFF80000000  # x86_64's kernel text mapping starts here (KASLR moves within it)
 
 
 def cache_dir() -> Path:
@@ -42,8 +43,19 @@ def kernel_key(info: VmcoreInfo) -> str | None:
     return f"{info.release}-{digest}"
 
 
-def _relocated(address: int, offset: int, sign: int) -> int:
-    return (address + sign * offset) & 0xFFFFFFFFFFFFFFFF if address >= _KERNEL_IMAGE else address
+@dataclass(frozen=True)
+class Relocation:
+    """KASLR's offset, applied to the addresses of the kernel image only (the architecture says
+    which those are), so that one cache file serves every boot of a kernel build."""
+
+    offset: int
+    is_image: Callable[[int], bool]
+
+    def apply(self, address: int) -> int:
+        return (address + self.offset) & 0xFFFFFFFFFFFFFFFF if self.is_image(address) else address
+
+    def remove(self, address: int) -> int:
+        return (address - self.offset) & 0xFFFFFFFFFFFFFFFF if self.is_image(address) else address
 
 
 class _Table:
@@ -61,10 +73,10 @@ class _Table:
         )
 
     @classmethod
-    def of(cls, symbols: list[Symbol], kaslr: int) -> _Table:
+    def of(cls, symbols: list[Symbol], reloc: Relocation) -> _Table:
         return cls(
             [s.name for s in symbols],
-            array.array("Q", (_relocated(s.address, kaslr, -1) for s in symbols)),
+            array.array("Q", (reloc.remove(s.address) for s in symbols)),
             array.array("Q", (s.size for s in symbols)),
             bytes(s.binding.value for s in symbols),
             bytes(s.kind.value for s in symbols),
@@ -92,33 +104,33 @@ class _Table:
         bindings, kinds = data[pos + 16 * count : pos + 17 * count], data[pos + 17 * count :]
         return cls(names, addresses, sizes, bindings, kinds)
 
-    def symbols(self, kaslr: int) -> list[Symbol]:
+    def symbols(self, reloc: Relocation) -> list[Symbol]:
         bindings = {b.value: b for b in SymbolBinding}  # enum lookups by value are slow per call
         kinds = {k.value: k for k in SymbolKind}
         return [
-            Symbol(name, _relocated(address, kaslr, 1), size, bindings[b], kinds[k])
+            Symbol(name, reloc.apply(address), size, bindings[b], kinds[k])
             for name, address, size, b, k in zip(
                 self.names, self.addresses, self.sizes, self.bindings, self.kinds, strict=True
             )
         ]
 
-    def addresses_by_name(self, kaslr: int) -> dict[str, int]:
+    def addresses_by_name(self, reloc: Relocation) -> dict[str, int]:
         """Name -> address, a global symbol winning over a local one of the same name."""
         out: dict[str, int] = {}
         glob = SymbolBinding.GLOBAL.value
         for name, address, binding in zip(self.names, self.addresses, self.bindings, strict=True):
             if binding == glob or name not in out:
-                out[name] = _relocated(address, kaslr, 1)
+                out[name] = reloc.apply(address)
         return out
 
 
-def _encode(symbols: list[Symbol], kaslr: int) -> bytes:
-    return _Table.of(symbols, kaslr).encode()
+def _encode(symbols: list[Symbol], reloc: Relocation) -> bytes:
+    return _Table.of(symbols, reloc).encode()
 
 
-def _decode(data: bytes, kaslr: int) -> list[Symbol] | None:
+def _decode(data: bytes, reloc: Relocation) -> list[Symbol] | None:
     table = _Table.decode(data)
-    return table.symbols(kaslr) if table else None
+    return table.symbols(reloc) if table else None
 
 
 class KernelSymbols:
@@ -126,8 +138,11 @@ class KernelSymbols:
     drgn needs them (stacks, lookups by address): finding a variable by name, all `ps` needs, takes
     a dictionary lookup when the table comes from the cache."""
 
-    def __init__(self, prog: Program, info: VmcoreInfo, use_cache: bool = True):
+    def __init__(
+        self, prog: Program, info: VmcoreInfo, is_image: Callable[[int], bool], use_cache: bool = True
+    ):
         self.prog, self.info = prog, info
+        self.reloc = Relocation(info.kaslr_offset, is_image)
         key = kernel_key(info) if use_cache else None
         self.path = cache_dir() / "linux" / f"{key}.kallsyms" if key else None
         self._index: SymbolIndex | None = None
@@ -140,7 +155,7 @@ class KernelSymbols:
             except (OSError, ValueError, struct.error):
                 table = None
             if table is not None:
-                by_name = table.addresses_by_name(info.kaslr_offset)
+                by_name = table.addresses_by_name(self.reloc)
                 if by_name.get("_stext") == info.symbol("_stext"):
                     self._table, self._by_name = table, by_name
                     self.source = f"kallsyms (cached in {self.path})"
@@ -152,16 +167,16 @@ class KernelSymbols:
 
         index = load_vmlinux_kallsyms(self.prog)
         symbols = index(self.prog, None, None, False)
-        table = _Table.of(symbols, self.info.kaslr_offset)
+        table = _Table.of(symbols, self.reloc)
         self._index, self._table = index, table
-        self._by_name = table.addresses_by_name(self.info.kaslr_offset)
+        self._by_name = table.addresses_by_name(self.reloc)
         if self.path is not None:
             _store(self.path, table.encode())
 
     def index(self) -> SymbolIndex:
         if self._index is None:
             assert self._table is not None
-            self._index = SymbolIndex(self._table.symbols(self.info.kaslr_offset))
+            self._index = SymbolIndex(self._table.symbols(self.reloc))
         return self._index
 
     def address(self, name: str) -> int | None:
