@@ -537,3 +537,25 @@ def test_cli_patch_register_and_mac_resume(snapshot, restored, tmp_path):
     vm = restored(dataclasses.replace(meta, path=out, config=dataclasses.replace(meta.config, nics=nics)))
     t = [t for t in vm.wait_for_ticks(2) if t.n > meta.last_tick.n][-1]
     assert (t.r12, t.sw_mac, t.hw_mac) == (0x99, NEW_MAC, NEW_MAC)
+
+
+@pytest.mark.linux
+def test_linux_view_of_the_arm64_kernel_says_what_it_lacks(snapshot):
+    """The OS layer runs on aarch64 through the architecture's Linux ABI: it finds the kernel's
+    VMCOREINFO in RAM and decodes its kallsyms with drgn, and Debian's cloud arm64 kernel, built
+    without CONFIG_KALLSYMS_ALL, then gets one line saying so (its kallsyms has no init_task)."""
+    from vmstate_gdb.os.linux.vmcoreinfo import find_vmcoreinfo
+
+    meta = snapshot("linux-arm64-virt")
+    kver = (ROOT / "tests/linux-arm64/build/kernel-version").read_text().split()[2]
+    with Snapshot.open(meta.path) as snap:
+        info = find_vmcoreinfo(snap)
+        assert info is not None and info.release == kver
+        stext = next(int(a, 16) for a, _t, n in (ln.split() for ln in open(ARM_LINUX_MAP)) if n == "_stext")
+        assert info.symbol("_stext") == stext  # System.map: /proc/kallsyms of a nokaslr boot
+    run = vmstate("linux", meta.path, "ps")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"vmstate: {meta.path}: Linux {kver}: kallsyms lists no data symbols (CONFIG_KALLSYMS_ALL is off); "
+        "give the kernel's debug vmlinux with --vmlinux"
+    ]
