@@ -101,6 +101,8 @@ class Architecture:
     #: drgn's names: drgn.Architecture member and drgn.PlatformFlags members
     drgn_architecture: str = ""
     drgn_platform_flags: tuple[str, ...] = ("IS_64_BIT", "IS_LITTLE_ENDIAN")
+    #: drgn's register names that differ from the gdb register names (drgn -> gdb)
+    drgn_register_names: dict[str, str] = {}
     #: the name gdb and the CLI use for the program counter
     pc_name: str = "pc"
     #: a few register names for messages ("known: ...")

@@ -25,6 +25,10 @@ class LinuxAbi:
         below it, such as x86's per-CPU offsets, stay where they are)."""
         raise NotImplementedError
 
+    def is_kernel_address(self, address: int) -> bool:
+        """True in the kernel's half of the address space (the top half on x86_64 and arm64)."""
+        return bool(address >> 63)
+
     def in_user_mode(self, cpu: Cpu) -> bool:
         raise NotImplementedError
 

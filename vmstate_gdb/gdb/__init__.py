@@ -11,11 +11,13 @@ from .commands import COMMANDS
 from .functions import FUNCTIONS
 from .linux import COMMANDS as LINUX_COMMANDS
 from .session import SESSION
+from .unwinder import install as install_unwinder
 
 
 def _register() -> None:
     for cls in COMMANDS + LINUX_COMMANDS + FUNCTIONS:
         cls()
+    install_unwinder()
 
     def _on_exit(_event=None) -> None:
         SESSION.close()

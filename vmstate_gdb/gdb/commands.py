@@ -64,6 +64,9 @@ def _argv(arg: str) -> list[str]:
 
 def _flush_gdb_caches() -> None:
     """After the server changed state behind gdb's back (device edits, MAC in RAM, revert)."""
+    from .unwinder import UNWINDER
+
+    UNWINDER.reset()
     for command in ("maintenance flush register-cache", "maintenance flush dcache"):
         try:
             gdb.execute(command, to_string=True)
@@ -137,6 +140,9 @@ class VmstateOpen(gdb.Command):
                     f"({before['pages']} page(s), {len(before['fields'])} field(s))\n"
                 )
         SESSION.open(args[0], name)
+        from .unwinder import UNWINDER
+
+        UNWINDER.forget_guest()
         facts = SESSION.facts
         set_convenience_variables(facts)
         macs = ", ".join(f"{n['name']} {n['mac']}" for n in facts.get("nics", []))

@@ -111,6 +111,54 @@ class VmstateTask(gdb.Command):
         _flush_gdb_caches()
 
 
+class VmstateThreads(gdb.Command):
+    """Choose what gdb's threads are: vmstate-threads tasks|vcpus
+
+    tasks: every task of the guest's Linux kernel is a thread, as kgdb shows them (thread id =
+    pid; the CPUs' idle tasks are 0x10000000+CPU). `info threads` lists pid, name and the vCPU
+    running it; `thread N` then `bt` walks that task's kernel stack, and x, p and find read through
+    its page tables. A task no vCPU runs has the registers the kernel saved when it switched away
+    (the others show <unavailable>) and they cannot be changed. The kernel's symbols are loaded
+    from kallsyms if gdb has none.
+    vcpus (the default): one thread per vCPU, as QEMU's gdbstub shows them."""
+
+    command_name = "vmstate-threads"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_RUNNING)
+
+    def complete(self, text, word):
+        return [m for m in ("tasks", "vcpus") if m.startswith(word or "")]
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        args = _argv(arg)
+        if len(args) != 1 or args[0] not in ("tasks", "vcpus"):
+            raise gdb.GdbError("usage: vmstate-threads tasks|vcpus")
+        reply = SESSION.request("linux_threads", mode=args[0])
+        _flush_gdb_caches()
+        gdb.execute("info threads", to_string=True)  # gdb asks the server for the new thread list
+        for thread in gdb.selected_inferior().threads():
+            if thread.ptid[1] == reply["thread"]:
+                thread.switch()
+                break
+        loaded = ""
+        if args[0] == "tasks" and not _has_symbol("init_task"):
+            symbols = SESSION.request("linux_symbols")
+            _quiet(f"add-symbol-file {symbols['path']}")
+            loaded = f"; {symbols['count']} kernel symbols loaded from kallsyms"
+        what = "tasks of the guest's kernel" if args[0] == "tasks" else "vCPUs"
+        gdb.write(f"vmstate: {reply['count']} threads, the {what}{loaded}\n")
+
+
+def _has_symbol(name: str) -> bool:
+    try:
+        gdb.parse_and_eval(f"&{name}")
+    except gdb.error:
+        return False
+    return True
+
+
 def _quiet(command: str) -> str:
     """Run a gdb command without its confirmation question (add-symbol-file asks one)."""
     confirm = gdb.parameter("confirm")
@@ -167,6 +215,7 @@ COMMANDS = (
     VmstateMaps,
     VmstateFiles,
     VmstateTask,
+    VmstateThreads,
     VmstateSymbols,
     VmstateTypes,
 )

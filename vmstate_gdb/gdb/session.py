@@ -11,6 +11,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import time
 import gdb  # type: ignore[import-not-found]
 
 READY_TIMEOUT = 600.0  # indexing a many-GiB stream can take a while
+SIDE_TIMEOUT = 300.0  # a side request may first build the kernel view (seconds on a loaded host)
 
 
 class SessionError(gdb.GdbError):
@@ -43,6 +45,8 @@ class Session:
         self.directory: str | None = None
         self.socket: str | None = None
         self.path: str | None = None
+        self.side_path: str | None = None
+        self.side = None  # the side channel's file object, connected on first use
         self.facts: dict = {}
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -55,6 +59,7 @@ class Session:
         self.directory = tempfile.mkdtemp(prefix="vmstate-gdb-")
         os.chmod(self.directory, 0o700)
         self.socket = os.path.join(self.directory, "gdb.sock")
+        self.side_path = os.path.join(self.directory, "side.sock")
         argv = _python() + [
             "-m",
             "vmstate_gdb.rsp",
@@ -65,6 +70,8 @@ class Session:
             str(os.getpid()),
             "--accept-timeout",
             "120",
+            "--side-socket",
+            self.side_path,
         ]
         if snapshot:
             argv += ["--snapshot", snapshot]
@@ -142,6 +149,7 @@ class Session:
 
     def close(self) -> None:
         """Detach gdb (if attached to our server), end the server, remove the socket directory."""
+        self._close_side()
         if self.process is not None:
             try:
                 if self.connected():
@@ -165,6 +173,41 @@ class Session:
         self.facts = {}
 
     # -- requests -----------------------------------------------------------------------------
+
+    def side_request(self, op: str, **args):
+        """A request over the side channel, for code that runs while gdb talks to the target
+        (frame unwinders), where a remote packet would re-enter gdb."""
+        if not self.connected():
+            raise SessionError("no snapshot is open (vmstate-open SNAPSHOT)")
+        try:
+            if self.side is None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(SIDE_TIMEOUT)
+                sock.connect(self.side_path)
+                self.side = sock.makefile("rwb")
+                sock.close()  # the file object keeps the connection
+            self.side.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
+            self.side.flush()
+            line = self.side.readline()
+        except OSError as e:
+            self._close_side()
+            raise SessionError(f"the snapshot server's side channel failed: {e}") from None
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            self._close_side()
+            raise SessionError("the snapshot server's side channel closed") from None
+        if "error" in reply:
+            raise SessionError(reply["error"])
+        return reply["result"]
+
+    def _close_side(self) -> None:
+        if self.side is not None:
+            try:
+                self.side.close()
+            except OSError:
+                pass
+            self.side = None
 
     def request(self, op: str, **args):
         if not self.connected():

@@ -45,6 +45,17 @@ def listen(args) -> socket.socket:
     return sock
 
 
+def _side_listener(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(1)
+    return sock
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("snap", metavar="SNAPSHOT", help="migration stream, libvirt save file or qcow2 image")
     p.add_argument(
@@ -62,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--accept-timeout", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log", action="store_true", help="log every packet to stderr")
+    p.add_argument("--side-socket", help=argparse.SUPPRESS)  # qvmstate operations as JSON lines
 
 
 def run(args) -> int:
@@ -88,16 +100,18 @@ def run(args) -> int:
         )
         if args.accept_timeout:
             sock.settimeout(args.accept_timeout)
+        side = _side_listener(args.side_socket) if args.side_socket else None
         try:
-            serve_socket(snap, sock, once=args.once, log=_stderr_log if args.log else None)
+            serve_socket(snap, sock, once=args.once, log=_stderr_log if args.log else None, side=side)
         except TimeoutError:
             return 1
         except KeyboardInterrupt:
             return 130
         finally:
             sock.close()
-            if args.socket and os.path.exists(args.socket):
-                os.unlink(args.socket)
+            for path in (args.socket, args.side_socket):
+                if path and os.path.exists(path):
+                    os.unlink(path)
     finally:
         snap.close()
     return 0

@@ -48,7 +48,7 @@ def task(server: SnapshotServer, pid: int | None = None) -> dict:
     label = f"pid {pid} ({comm})"
     server.task_view = (label, space)
     server.physical_mode = False
-    return {"text": f"memory accesses now go through {label}'s page tables (cr3={space.walker.cr3:#x})\n"}
+    return {"text": f"memory accesses now go through {label}'s page tables\n"}
 
 
 def symbols(server: SnapshotServer) -> dict:
@@ -73,7 +73,62 @@ def types(server: SnapshotServer) -> dict:
     }
 
 
+def threads(server: SnapshotServer, mode: str) -> dict:
+    """Switch what gdb's threads are: the guest's tasks (kgdb's way) or the vCPUs."""
+    from .linux_threads import TaskThreads
+
+    # gdb's remote side remembers the last thread it selected (Hg) and does not select it again:
+    # the server keeps that thread id, which may now name another thread of the new kind
+    if mode == "vcpus":
+        if server.tasks is not None:
+            vcpu = server.tasks.threads[server.thread].vcpu if server.thread in server.tasks.threads else None
+            first = (vcpu or 0) + 1
+            server.tasks = None
+        else:
+            first = server.thread
+        if server.thread not in server.threads():
+            server.thread = 1
+        return {"thread": first, "count": len(server.threads()), "text": ""}
+    if mode != "tasks":
+        raise ValueError(f"unknown thread mode {mode!r} (tasks or vcpus)")
+    with kernel_errors(server.snap.path):
+        if server.tasks is None:
+            vcpu = server.thread - 1
+            server.tasks = TaskThreads(kernel(server))
+            first = server.tasks.of_vcpu(vcpu) or server.tasks.ids()[0]
+            if server.thread not in server.tasks.threads:
+                server.thread = first
+        else:
+            first = server.thread
+        server.task_view = None
+    return {"thread": first, "count": len(server.tasks.ids()), "text": ""}
+
+
+def unwind(server: SnapshotServer, thread: int) -> list[dict]:
+    """The kernel frames of a thread, as drgn unwinds them with ORC; [] where the thread is in
+    user mode (its kernel stack is empty) or is not a task of this kernel."""
+    from .linux_threads import unwind as unwind_task
+
+    with kernel_errors(server.snap.path):
+        k = kernel(server)
+        if server.tasks is not None:
+            t = server.tasks.threads.get(thread)
+            if t is None:
+                return []
+            task, vcpu = t.task, t.vcpu
+        else:
+            vcpu = thread - 1
+            task = k.running().get(vcpu)
+            if task is None:
+                return []
+        if vcpu is not None and k.abi.in_user_mode(server.snap.cpu(vcpu)):
+            return []
+        return unwind_task(k, task)
+
+
 OPERATIONS = {
+    "linux_threads": threads,
+    "linux_unwind": unwind,
     "linux": linux,
     "linux_task": task,
     "linux_symbols": symbols,

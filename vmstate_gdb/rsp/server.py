@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -55,11 +56,15 @@ class SnapshotServer:
         #: vmstate-task: (label, address space) of the guest process memory accesses go through
         self.task_view: tuple[str, VirtualMemory] | None = None
         self.linux = None  # the guest's Linux kernel (os.linux.kernel.LinuxKernel), built on first use
+        #: vmstate-threads tasks: the guest's tasks are the threads (rsp.linux_threads.TaskThreads)
+        self.tasks = None
         self.workdir: str | None = None  # files made for gdb (symbol files), removed by close()
         from .linux_ops import OPERATIONS as LINUX_OPERATIONS
         from .vmstate_ops import OPERATIONS  # the qvmstate.* handlers
 
         self.operations = {**OPERATIONS, **LINUX_OPERATIONS}
+        #: one request at a time, from gdb's connection or the side channel (serve_side)
+        self.lock = threading.Lock()
 
     def close(self) -> None:
         if self.workdir:
@@ -71,10 +76,19 @@ class SnapshotServer:
     # -- state --------------------------------------------------------------------------------
 
     def cpu_index(self) -> int:
+        """The selected thread's vCPU; with tasks as threads, that of the task running there, or
+        vCPU 0's for a task that is not running (its own registers come from the kernel)."""
+        if self.tasks is not None:
+            vcpu = self.tasks.threads[self.thread].vcpu
+            return 0 if vcpu is None else vcpu
         return self.thread - 1
 
     def current_cpu(self):
         return self.snap.cpu(self.cpu_index())
+
+    def task_registers(self) -> dict[str, int] | None:
+        """With tasks as threads, the registers of a selected task that no vCPU runs."""
+        return self.tasks.registers(self.thread) if self.tasks is not None else None
 
     def virtual(self, cpu_index: int | None = None) -> VirtualMemory:
         i = self.cpu_index() if cpu_index is None else cpu_index
@@ -88,9 +102,15 @@ class SnapshotServer:
     def space(self) -> PhysicalMemory | VirtualMemory:
         if self.physical_mode:
             return self.snap.physical
-        return self.task_view[1] if self.task_view else self.virtual()
+        if self.task_view:
+            return self.task_view[1]
+        if self.tasks is not None and self.tasks.threads[self.thread].vcpu is None:
+            return self.tasks.space(self.thread, self.snap.edits.generation)
+        return self.virtual()
 
     def threads(self) -> list[int]:
+        if self.tasks is not None:
+            return self.tasks.ids()
         return [c.index + 1 for c in self.snap.cpus]
 
     def stop_reply(self, signal: int = SIGTRAP) -> bytes:
@@ -112,7 +132,9 @@ class SnapshotServer:
             if packet == INTERRUPT:
                 conn.send(self.stop_reply())
                 continue
-            for reply in self.handle(packet, conn):
+            with self.lock:
+                replies = self.handle(packet, conn)
+            for reply in replies:
                 conn.send(reply)
             if packet == b"QStartNoAckMode":
                 conn.ack = False  # after the OK, which is still acknowledged
@@ -144,6 +166,9 @@ class SnapshotServer:
             return [self._write_memory_binary(p[1:])]
         arch = self.snap.arch
         if c == b"g":
+            known = self.task_registers()
+            if known is not None:
+                return [b"".join(_encode_known(known, r) for r in arch.gdb_registers)]
             return [arch.encode_gdb_registers(self.current_cpu()).hex().encode()]
         if c == b"G":
             return [self._write_all_registers(bytes.fromhex(p[1:].decode()))]
@@ -151,6 +176,9 @@ class SnapshotServer:
             n = int(p[1:], 16)
             if n >= len(arch.gdb_registers):
                 return [b"E00"]
+            known = self.task_registers()
+            if known is not None:
+                return [_encode_known(known, arch.gdb_registers[n])]
             return [arch.encode_gdb_register(self.current_cpu(), arch.gdb_registers[n]).hex().encode()]
         if c == b"P":
             num, _, val = p[1:].partition(b"=")
@@ -205,6 +233,8 @@ class SnapshotServer:
             return b"QC%02x" % self.thread
         if p.startswith(b"qThreadExtraInfo,"):
             t = self._parse_thread(p[len(b"qThreadExtraInfo,") :])
+            if self.tasks is not None:
+                return self.tasks.extra_info(t).encode().hex().encode() if t in self.tasks.threads else b"E22"
             cpu = self.snap.cpu(t - 1)
             text = f"CPU#{cpu.index} [{'halted ' if cpu.halted else 'running'}] {cpu.cpu_mode}"
             return text.encode().hex().encode()
@@ -246,16 +276,44 @@ class SnapshotServer:
 
     def _vmstate_op(self, body: bytes) -> bytes:
         name, _, arg = body.partition(b":")
-        op = self.operations.get(name.decode())
-        if op is None:
-            return _hex_json({"error": f"unknown vmstate operation {name.decode()!r}"})
         try:
             args = json.loads(bytes.fromhex(arg.decode())) if arg else {}
-            return _hex_json({"result": op(self, **args)})
+        except ValueError as e:
+            return _hex_json({"error": f"ValueError: {e}"})
+        return _hex_json(self.operation(name.decode(), args))
+
+    def operation(self, name: str, args: dict) -> dict:
+        """Run one qvmstate operation: ``{"result": ...}`` or ``{"error": "one line"}``."""
+        op = self.operations.get(name)
+        if op is None:
+            return {"error": f"unknown vmstate operation {name!r}"}
+        try:
+            return {"result": op(self, **args)}
         except VmstateError as e:
-            return _hex_json({"error": str(e)})
-        except (OSError, ValueError, TypeError) as e:
-            return _hex_json({"error": f"{type(e).__name__}: {e}"})
+            return {"error": str(e)}
+        except (OSError, ValueError, TypeError, LookupError) as e:
+            return {"error": f"{type(e).__name__}: {e}"}
+
+    def serve_side(self, listener: socket.socket) -> None:
+        """The side channel: qvmstate operations as JSON lines, for gdb-side code that must not
+        send remote packets (gdb's frame unwinders run while gdb itself talks to the target)."""
+        while not (self.detached or self.killed):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rwb") as f:
+                for line in f:
+                    try:
+                        request = json.loads(line)
+                        name, args = request["op"], request.get("args") or {}
+                    except (ValueError, KeyError, TypeError):
+                        reply = {"error": "bad side-channel request"}
+                    else:
+                        with self.lock:
+                            reply = self.operation(name, args)
+                    f.write(json.dumps(reply).encode() + b"\n")
+                    f.flush()
 
     # -- threads ------------------------------------------------------------------------------
 
@@ -337,6 +395,8 @@ class SnapshotServer:
     # -- registers ----------------------------------------------------------------------------
 
     def _write_all_registers(self, data: bytes) -> bytes:
+        if self.task_registers() is not None:
+            return b"E01"  # a task no vCPU runs: its registers are the kernel's saved words
         arch = self.snap.arch
         cpu = self.current_cpu()
         pos = 0
@@ -353,8 +413,8 @@ class SnapshotServer:
 
     def _write_register(self, number: int, data: bytes) -> bytes:
         registers = self.snap.arch.gdb_registers
-        if number >= len(registers):
-            return b"E00"
+        if number >= len(registers) or self.task_registers() is not None:
+            return b"E00" if number >= len(registers) else b"E01"
         reg = registers[number]
         self.write_register(reg, int.from_bytes(data[: reg.bits // 8], "little"))
         return b"OK"
@@ -363,13 +423,30 @@ class SnapshotServer:
         self.snap.arch.write_gdb_register(self, self.current_cpu(), reg, value)
 
 
+def _encode_known(values: dict[str, int], reg: GdbRegister) -> bytes:
+    """One register in a g/p reply: its value, or x's (unavailable) where it is not known."""
+    size = reg.bits // 8
+    value = values.get(reg.name)
+    if value is None:
+        return b"xx" * size
+    return (value & ((1 << reg.bits) - 1)).to_bytes(size, "little").hex().encode()
+
+
 def serve_socket(
-    snap: Snapshot, listener: socket.socket, once: bool = True, log: Callable[[str], None] | None = None
+    snap: Snapshot,
+    listener: socket.socket,
+    once: bool = True,
+    log: Callable[[str], None] | None = None,
+    side: socket.socket | None = None,
 ) -> None:
-    """Accept clients on ``listener``; with ``once``, return after the first one leaves."""
+    """Accept clients on ``listener``; with ``once``, return after the first one leaves. ``side``:
+    a listener for the side channel of the (first) client (see :meth:`SnapshotServer.serve_side`)."""
     while True:
         conn, _ = listener.accept()
         server = SnapshotServer(snap, log)
+        if side is not None:
+            threading.Thread(target=server.serve_side, args=(side,), daemon=True).start()
+            side = None
         try:
             conn.setsockopt(
                 socket.IPPROTO_TCP, socket.TCP_NODELAY, 1

@@ -23,6 +23,7 @@ class Aarch64(Architecture):
     gdb_program = "gdb-multiarch"
     elf_machine = 183  # EM_AARCH64
     drgn_architecture = "AARCH64"
+    drgn_register_names = {"pstate": "cpsr"}
     pc_name = "pc"
     register_examples = "x0..x30, sp, pc, pstate, elr_el1, sp_el0, ttbr1_el1, tcr_el1, q0.lo, fpscr, ..."
     gdb_registers = gdb.REGISTERS

@@ -36,6 +36,7 @@ class X86_64(Architecture):
     gdb_program = "gdb"
     elf_machine = 62  # EM_X86_64
     drgn_architecture = "X86_64"
+    drgn_register_names = {"rflags": "eflags", "fs.base": "fs_base", "gs.base": "gs_base"}
     pc_name = "rip"
     register_examples = "rax..r15, rip, eflags, cr0, cr3, efer, fs.base, cs.selector, xmm0.lo, ..."
     gdb_registers = gdb.REGISTERS
