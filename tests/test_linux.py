@@ -265,6 +265,68 @@ def test_gdb_linux_commands_and_types_without_vmlinux(nokaslr):
     assert '"swapper/0' in out and "no task with pid 424242" in out
 
 
+def _bt_names(out: str, start: str, end: str) -> list[str]:
+    section = out.split(start, 1)[1].split(end, 1)[0]
+    return re.findall(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(\S+) \(", section, re.M)
+
+
+def _in_order(names: list[str], wanted: list[str]) -> bool:
+    it = iter(names)
+    return all(any(n == w for n in it) for w in wanted)
+
+
+def test_gdb_threads_are_the_guests_tasks_and_bt_goes_on_into_user_frames(kaslr):
+    """vmstate-threads tasks: each task the guest listed is a gdb thread (id = pid); `bt` of the
+    marker's main thread walks its kernel stack with the kernel's ORC and on into its user frames,
+    through the call chain marker.c makes; x/s reads the marker's text through its own page
+    tables; back on vCPU threads, a vCPU's `bt` is its running task's kernel stack."""
+    from elftools.elf.elffile import ELFFile
+
+    report, k, meta = kaslr.report, kaslr.kernel, kaslr.meta
+    parent = report.parent
+    text = marker_lines(meta.console)[-1]["text"]
+    with open(MARKER_BINARY, "rb") as f:
+        text_addr = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name("marker_text")[0]["st_value"]
+    out = run_gdb(
+        f"vmstate-open {meta.path}",
+        "vmstate-threads tasks",
+        "info threads",
+        f"python [t.switch() for t in gdb.selected_inferior().threads() if t.ptid[1] == {parent}]",
+        f"add-symbol-file {MARKER_BINARY}",
+        "echo ==BT==\\n",
+        "bt",
+        "echo ==END==\\n",
+        f"x/s {text_addr:#x}",
+        "info registers rip",
+        "vmstate-threads vcpus",
+        "info threads",
+        "thread 2",
+        "echo ==VBT==\\n",
+        "bt",
+        "echo ==VEND==\\n",
+    )
+    assert "Python Exception" not in out, out
+    for tid, line in report.stat.items():
+        if line.comm not in TRANSIENT:
+            assert re.search(rf"Thread {tid} \(pid {tid} ", out), (tid, line.comm)
+    assert re.search(r"Thread 268435456 \(pid 0 swapper/0 on vCPU \d\)", out), out
+    names = _bt_names(out, "==BT==", "==END==")
+    kernel_part = ["schedule", "do_nanosleep", "__x64_sys_clock_nanosleep", "do_syscall_64"]
+    user_part = ["entry_SYSCALL_64_after_hwframe", "nanosleep", "marker_wait", "marker_level3"]
+    assert _in_order(names, kernel_part + user_part + ["marker_level2", "marker_level1", "main"]), names
+    assert f'"{text}"' in out, out
+    assert re.search(r"^rip\s+0x[0-9a-f]+\s+0x[0-9a-f]+ <__schedule\+\d+>", out, re.M), out
+    assert "2 threads, the vCPUs" in out
+    vcpu1 = [f.function for f in kernel_stack(k, k.running()[1]) if not f.inline]
+    assert _bt_names(out, "==VBT==", "==VEND==") == vcpu1 + ["??"], out  # ends at pc 0
+
+
+def test_task_threads_on_a_guest_without_linux_say_so_in_one_line(snapshot):
+    out = run_gdb(f"vmstate-open {snapshot('small-pc-e1000').path}", "vmstate-threads tasks", "bt")
+    assert "no Linux kernel found" in out and "Python Exception" not in out, out
+    assert re.search(r"^#0\s+0x[0-9a-f]+ in ", out, re.M), out
+
+
 def test_user_memory_edit_in_gdb_resumes(nokaslr, restored, tmp_path):
     """vmstate-task PID, set var on the marker's global, vmstate-save: the resumed guest prints it."""
     import dataclasses

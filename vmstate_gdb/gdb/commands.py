@@ -28,6 +28,7 @@ The software inside a Linux guest (from its own kallsyms, BTF and ORC; no vmlinu
   vmstate-bt [PID|all]                      kernel stacks
   vmstate-maps PID, vmstate-files PID       a process's memory map and open files
   vmstate-task [PID]                        memory accesses through a process's page tables
+  vmstate-threads tasks|vcpus               gdb's threads: the guest's tasks (as kgdb) or vCPUs
   vmstate-symbols, vmstate-types            the kernel's symbols and types for gdb itself
 
   $vmstate_dev("PATH"), $vmstate_dev_str("PATH")   a device field as a value / as text
@@ -36,7 +37,8 @@ The software inside a Linux guest (from its own kallsyms, BTF and ORC; no vmlinu
                                             info mem, info version, phys on|off)
 
 vCPU N is thread N+1 (`info threads`, `thread 2`); memory goes through the selected vCPU's page
-tables, or is guest-physical after `monitor phys on`. Registers and memory are edited with the
+tables, or is guest-physical after `monitor phys on`. On a Linux guest `bt` unwinds kernel stacks
+with the kernel's ORC tables (and goes on into a syscall's user frames). Registers and memory are edited with the
 usual gdb commands (set var, set $rax = ..., restore FILE binary ADDR); edits stay in an overlay."""
 
 
