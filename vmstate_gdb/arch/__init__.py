@@ -233,8 +233,8 @@ def register(arch: Architecture) -> Architecture:
 
 
 def _load() -> None:
-    if not _REGISTRY:
-        from . import aarch64, x86_64  # noqa: F401  (each registers itself)
+    # always both: importing one subpackage directly (arch.aarch64.cpu) registers only that one
+    from . import aarch64, x86_64  # noqa: F401  (each registers itself, once)
 
 
 def architectures() -> list[Architecture]:

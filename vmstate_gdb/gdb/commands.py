@@ -38,8 +38,9 @@ The software inside a Linux guest (from its own kallsyms, BTF and ORC; no vmlinu
 
 vCPU N is thread N+1 (`info threads`, `thread 2`); memory goes through the selected vCPU's page
 tables, or is guest-physical after `monitor phys on`. On a Linux guest `bt` unwinds kernel stacks
-with the kernel's ORC tables (and goes on into a syscall's user frames). Registers and memory are edited with the
-usual gdb commands (set var, set $rax = ..., restore FILE binary ADDR); edits stay in an overlay."""
+with the kernel's ORC tables (and goes on into a syscall's user frames). Registers and memory are
+edited with the usual gdb commands (set var, set $rax = ..., restore FILE binary ADDR); edits stay
+in an overlay."""
 
 
 def _one_line_errors(invoke):
@@ -141,10 +142,17 @@ class VmstateOpen(gdb.Command):
                     f"vmstate: discarding the unsaved edits of {SESSION.facts.get('path')} "
                     f"({before['pages']} page(s), {len(before['fields'])} field(s))\n"
                 )
-        SESSION.open(args[0], name)
         from .unwinder import UNWINDER
 
+        # the stop gdb reports on connecting needs only frame 0's pc: not yet the kernel's
+        # stacks, whose first view costs the kernel's symbols and types
+        UNWINDER.suspended = True
+        try:
+            SESSION.open(args[0], name)
+        finally:
+            UNWINDER.suspended = False
         UNWINDER.forget_guest()
+        _flush_gdb_caches()  # frame 0 again, this time with the kernel unwinder
         facts = SESSION.facts
         set_convenience_variables(facts)
         macs = ", ".join(f"{n['name']} {n['mac']}" for n in facts.get("nics", []))

@@ -31,7 +31,7 @@ class KernelUnwinder(Unwinder):
         super().__init__("vmstate-linux")
         self.frames: dict[int, list[dict]] = {}  # gdb thread id (the server's) -> drgn's frames
         self.unavailable = False  # not a Linux guest (or no snapshot): stop asking
-        self.pc_name = self.sp_name = ""
+        self.suspended = False  # while vmstate-open connects
 
     def reset(self, *_args) -> None:
         self.frames.clear()
@@ -53,7 +53,7 @@ class KernelUnwinder(Unwinder):
         return frames
 
     def __call__(self, pending_frame):
-        if self.unavailable or not SESSION.connected():
+        if self.unavailable or self.suspended or not SESSION.connected():
             return None
         thread = gdb.selected_thread()
         if thread is None:

@@ -108,6 +108,10 @@ def _note_at(snap: Snapshot, head: int) -> bytes | None:
     return note
 
 
+#: a hint saying the file's RAM holds no note (a guest that is not Linux): no second search
+NO_NOTE = -1
+
+
 def _hint_key(snap: Snapshot) -> str | None:
     try:
         st = os.stat(snap.path)
@@ -165,6 +169,8 @@ def find_vmcoreinfo(snap: Snapshot) -> VmcoreInfo | None:
             pass
     key = _hint_key(snap)
     hint = _load_hints().get(key) if key else None
+    if hint == NO_NOTE:
+        return None  # this unchanged file was searched before
     if hint is not None:
         note = _note_at(snap, hint)
         if note is not None:
@@ -185,4 +191,6 @@ def find_vmcoreinfo(snap: Snapshot) -> VmcoreInfo | None:
                     _remember(key, head)
                 return VmcoreInfo(note, f"found in RAM at physical {head:#x}")
             pos = hit + 1
+    if key:
+        _remember(key, NO_NOTE)
     return None
