@@ -6,12 +6,16 @@ import argparse
 import json
 import string
 import sys
+from typing import TYPE_CHECKING
 
-from .devices.fields import Array, Leaf, Node
-from .devices.format import format_value, to_plain
 from .errors import AddressError, VmstateError
-from .progress import Progress
-from .snapshot import Snapshot, open_snapshot
+
+if TYPE_CHECKING:
+    from .devices.fields import Node
+    from .snapshot import Snapshot
+
+# Only what parsing the command line needs is imported at start: `vmstate --help`, `snapshots` and
+# `resume-cmd` must not pay for the stream reader, drgn or asyncio.
 
 
 def _int(text: str) -> int:
@@ -30,6 +34,9 @@ def _size(text: str) -> int:
 
 
 def _open(args) -> Snapshot:
+    from .progress import Progress
+    from .snapshot import open_snapshot
+
     progress = Progress(f"opening {args.snap}", enabled=None if not args.quiet else False)
     snap = open_snapshot(
         args.snap,
@@ -126,6 +133,8 @@ def _human(n: int) -> str:
 
 
 def cmd_devices(args) -> int:
+    from .devices.format import to_plain
+
     with _open(args) as snap:
         if not args.path:
             data = [
@@ -159,6 +168,9 @@ def cmd_devices(args) -> int:
 
 
 def _render(snap: Snapshot, node: Node, lines: list[str], indent: int, depth: int) -> None:
+    from .devices.fields import Array, Leaf
+    from .devices.format import format_value
+
     pad = "  " * indent
     file_off = snap.source.file_offset(node.offset)
     if isinstance(node, Leaf):

@@ -10,7 +10,15 @@ Layers, each its own module, data flowing one way:
 * :mod:`.cli`      ``vmstate capture`` and ``vmstate watch``
 """
 
-from vmstate_gdb.capture.monitor import Monitor, QmpMonitor, open_qmp
-from vmstate_gdb.capture.session import CaptureReport, VmResult, capture_vms
-
 __all__ = ["Monitor", "QmpMonitor", "open_qmp", "CaptureReport", "VmResult", "capture_vms"]
+
+_WHERE = {"Monitor": "monitor", "QmpMonitor": "monitor", "open_qmp": "monitor"}
+
+
+def __getattr__(name: str):
+    """Loaded on first use, so that `vmstate --help` does not pay for asyncio and QMP."""
+    if name in __all__:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE.get(name, 'session')}"), name)
+    raise AttributeError(name)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-from vmstate_gdb.capture.monitor import Monitor, open_all
-from vmstate_gdb.capture.session import CaptureReport, ProgressBoard, capture_vms
 from vmstate_gdb.errors import QemuError
+
+if TYPE_CHECKING:  # asyncio and QMP load with the command, not with `vmstate --help`
+    from vmstate_gdb.capture.monitor import Monitor
+    from vmstate_gdb.capture.session import CaptureReport
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -26,6 +28,8 @@ async def _monitors(args: argparse.Namespace) -> AsyncIterator[list[Monitor]]:
         async with open_libvirt_all(_split(args.libvirt), args.connect) as monitors:
             yield monitors
         return
+    from vmstate_gdb.capture.monitor import open_all
+
     addresses = _split(args.qmp)
     if not addresses:
         raise QemuError("name at least one VM: --qmp SOCKET[,SOCKET...] or --libvirt DOMAIN[,...]")
@@ -46,6 +50,10 @@ def _print_report(args: argparse.Namespace, report: CaptureReport) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from vmstate_gdb.capture.session import ProgressBoard, capture_vms
+
     async def run() -> CaptureReport:
         async with _monitors(args) as monitors:
             board = ProgressBoard(enabled=True if args.progress else None)
@@ -60,6 +68,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from vmstate_gdb.capture.session import ProgressBoard
     from vmstate_gdb.capture.triggers import parse_triggers, watch
 
     triggers = parse_triggers(args.on)

@@ -3,6 +3,13 @@
 ``python -m vmstate_gdb.rsp --socket PATH SNAP`` (what `vmstate-open` runs) or ``vmstate serve``.
 """
 
-from .server import SnapshotServer, serve_socket
-
 __all__ = ["SnapshotServer", "serve_socket"]
+
+
+def __getattr__(name: str):
+    """Loaded on first use, so that `vmstate --help` does not pay for the server."""
+    if name in __all__:
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(name)

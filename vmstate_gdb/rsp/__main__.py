@@ -10,8 +10,6 @@ import socket
 import sys
 
 from ..errors import VmstateError
-from ..snapshot import open_snapshot
-from .server import _stderr_log, serve_socket
 
 PR_SET_PDEATHSIG = 1
 
@@ -77,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..snapshot import open_snapshot
+    from .server import _stderr_log, serve_socket
+
     if args.parent_pid:
         _die_with_parent(args.parent_pid)
     try:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import SaveError, VmstateError
-from ..snapshot import Snapshot
 from . import emit
 from .emit import AtomicOutput, write_stream
 from .plan import Plan, make_plan
+
+if TYPE_CHECKING:
+    from ..snapshot import Snapshot
 
 
 @dataclass

@@ -7,15 +7,14 @@ import json
 import os
 import sys
 
-from ..devices.nics import format_mac, parse_mac
 from ..errors import EditError
-from ..mac import apply_mac_change, plan_mac_change
-from ..progress import Progress
-from . import save
-from .meta import describe_resume, resume_plan, write_output_meta
+
+# the writer, device tree and MAC logic load with the command that uses them, not with `vmstate --help`
 
 
 def _parse_value(text: str) -> int | bytes:
+    from ..devices.nics import parse_mac
+
     t = text.strip()
     if t.count(":") == 5:
         return parse_mac(t)
@@ -40,6 +39,9 @@ def _split(text: str, sep: str, what: str) -> tuple[str, str]:
 
 def apply_cli_edits(snap, args, out=sys.stdout) -> dict[str, str]:
     """Apply --set/--reg/--write/--mac to ``snap``; returns {old mac: new mac} for the resume line."""
+    from ..devices.nics import format_mac, parse_mac
+    from ..mac import apply_mac_change, plan_mac_change
+
     for item in args.set or ():
         path, value = _split(item, "=", "--set")
         where = snap.set_field(path, _parse_value(value))
@@ -79,6 +81,9 @@ def apply_cli_edits(snap, args, out=sys.stdout) -> dict[str, str]:
 
 def cmd_patch(args) -> int:
     from ..cli import _open
+    from ..progress import Progress
+    from . import save
+    from .meta import describe_resume, write_output_meta
 
     with _open(args) as snap:
         macs = apply_cli_edits(snap, args, out=open(os.devnull, "w") if args.quiet else sys.stdout)
@@ -94,6 +99,7 @@ def cmd_patch(args) -> int:
 
 def cmd_resume(args) -> int:
     from ..containers import open_source
+    from .meta import resume_plan
 
     source = open_source(args.snap, args.snapshot)
     try:

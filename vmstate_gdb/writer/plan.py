@@ -9,10 +9,13 @@ chunk, where the loader applies it after every earlier record (last record wins)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..snapshot import Snapshot
 from ..stream import constants as C
 from ..stream.ram import PAGE_ABSENT, PAGE_ZERO
+
+if TYPE_CHECKING:
+    from ..snapshot import Snapshot
 
 
 @dataclass
