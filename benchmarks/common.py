@@ -35,14 +35,24 @@ def real_big_snapshot():
     return build_snapshot(BIG, work_dir(), reuse=True)
 
 
-def filled_snapshot(fill_fraction: float = 0.9) -> str:
-    """The real big snapshot with ~fill_fraction of pc.ram made non-zero; built once, reused."""
-    meta = real_big_snapshot()
-    out = work_dir() / f"filled-{int(fill_fraction * 100)}.vmstate"
-    if out.exists() and out.stat().st_mtime > os.path.getmtime(meta.path):
+def real_snapshot(mib: int) -> str:
+    """A real QEMU stream of the small guest with ``mib`` MiB of RAM (mostly zero pages)."""
+    if mib == BIG_MIB:
+        return real_big_snapshot().path
+    config = GuestConfig("small", "pc", 1, mib, (Nic("e1000", "52:54:00:12:34:56"),))
+    return build_snapshot(Scenario(f"bench-small-pc-{mib}m", config), work_dir(), reuse=True).path
+
+
+def filled_snapshot(fill_fraction: float = 0.9, mib: int = BIG_MIB) -> str:
+    """The real snapshot of a ``mib`` MiB guest with ~fill_fraction of pc.ram made non-zero;
+    built once, reused."""
+    real = real_snapshot(mib)
+    suffix = "" if mib == BIG_MIB else f"-{mib}m"
+    out = work_dir() / f"filled-{int(fill_fraction * 100)}{suffix}.vmstate"
+    if out.exists() and out.stat().st_mtime > os.path.getmtime(real):
         return str(out)
     tmp = out.with_suffix(".tmp")
-    with Snapshot.open(meta.path) as snap, open(meta.path, "rb") as src, open(tmp, "wb") as dst:
+    with Snapshot.open(real, cache=False) as snap, open(real, "rb") as src, open(tmp, "wb") as dst:
         block = snap.index.ram.blocks["pc.ram"]
         insert_at = snap.index.ram.eos_offsets[-1]
         _copy(src, dst, 0, insert_at)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 from snapshots import (  # noqa: F401  (fixtures are found by name in this module)
     SCENARIO_FIXTURES,
@@ -30,6 +34,10 @@ MARKERS = {
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    # the index cache of the session (its tests point it elsewhere), not the user's ~/.cache
+    if "VMSTATE_INDEX_CACHE" not in os.environ:
+        os.environ["VMSTATE_INDEX_CACHE"] = tempfile.mkdtemp(prefix="vmstate-index-cache-")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("VMSTATE_INDEX_CACHE"), ignore_errors=True))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

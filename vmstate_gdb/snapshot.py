@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import index_cache
 from .arch import Architecture, Cpu, architecture_for
 from .containers import StreamSource, open_source
 from .devices import nics as nic_knowledge
@@ -65,23 +66,37 @@ class Snapshot:
         offset: int | None = None,
         max_ram_below_4g: int | None = None,
         progress: Progress | None = None,
+        cache: bool = True,
     ) -> Snapshot:
+        """``cache``: take the index from, and keep it in, the user's index cache (:mod:`.index_cache`)."""
         source = open_source(path, snapshot, offset)
         try:
             view = source.view()
             buf = view if view is not None else _SourceBuffer(source)
-            origin = source.file_offset(0)
-            # mapped-ram offsets are positions in QEMU's channel: the file for plain streams, the
-            # vmstate area for qcow2.
-            channel_base = 0 if source.kind == "qcow2" else origin
-            index = index_stream(
-                buf,
-                path,
-                origin=origin if source.kind != "qcow2" else 0,
-                channel_base=channel_base,
-                progress=progress,
-                release=getattr(source, "release", None),
-            )
+            key = index_cache.source_key(source) if cache else None
+            index = index_cache.load(key, path)
+            if index is None:
+                origin = source.file_offset(0)
+                # mapped-ram offsets are positions in QEMU's channel: the file for plain streams,
+                # the vmstate area for qcow2.
+                channel_base = 0 if source.kind == "qcow2" else origin
+                pages = index_cache.PageFile.for_key(key)
+                try:
+                    index = index_stream(
+                        buf,
+                        path,
+                        origin=origin if source.kind != "qcow2" else 0,
+                        channel_base=channel_base,
+                        progress=progress,
+                        release=getattr(source, "release", None),
+                        allocate=pages,
+                    )
+                except BaseException:
+                    if pages is not None:
+                        pages.discard()
+                    raise
+                if pages is not None:
+                    pages.finish(key, index)
             return cls(source, index, buf, max_ram_below_4g)
         except BaseException:
             source.close()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ..errors import FormatError, UnsupportedError, VmstateError
 from . import constants as C
 from .cursor import Cursor
-from .ram import RamState, parse_ram_chunk, parse_ram_setup
+from .ram import RELEASE_EVERY, RamState, parse_ram_chunk, parse_ram_setup
 from .vmdesc import device_entries, locate_trailer, vmsd_wire_size
 
 Progress = Callable[[int, int], None]
@@ -87,15 +87,19 @@ def index_stream(
     channel_base: int = 0,
     progress: Progress | None = None,
     release: Callable[[int, int], None] | None = None,
+    allocate=None,
 ) -> StreamIndex:
     """Index the stream held in ``buf`` (a memoryview or a sliceable container view).
+
+    ``release(offset, length)`` lets go of stream bytes the scan has passed; ``allocate`` is where
+    the page arrays are kept (see :attr:`RamState.allocate`), with a ``release()`` of its own.
 
     ``origin`` is added to offsets in error messages (file offset of stream byte 0);
     ``channel_base`` converts mapped-ram's absolute channel offsets to stream offsets.
     """
     cur = Cursor(buf, path, 0, origin)
     try:
-        return _Walker(cur, channel_base, progress, release).run()
+        return _Walker(cur, channel_base, progress, release, allocate).run()
     except VmstateError:
         raise
     except (IndexError, ValueError, KeyError, TypeError) as e:  # a bug or a lie we did not foresee
@@ -109,7 +113,9 @@ class _Walker:
         channel_base: int,
         progress: Progress | None,
         release: Callable[[int, int], None] | None,
+        allocate=None,
     ):
+        self.allocate = allocate
         self.cur = cur
         self.channel_base = channel_base
         self.progress = progress
@@ -120,8 +126,11 @@ class _Walker:
         """Long RAM sections report progress, and hand back the pages they have read."""
         if self.progress:
             self.progress(pos, self.cur.size)
-        if self.release and pos > self.released:
-            self.release(self.released, pos - self.released)
+        if pos > self.released:
+            if self.release:
+                self.release(self.released, pos - self.released)
+            if self.allocate is not None:
+                self.allocate.release()
             self.released = pos
 
     def run(self) -> StreamIndex:
@@ -149,6 +158,7 @@ class _Walker:
             mapped_ram="mapped-ram" in caps,
             ignore_shared="x-ignore-shared" in caps,
             checkpoint=self.checkpoint,
+            allocate=self.allocate,
         )
         idx = StreamIndex(
             cur.path,
@@ -232,11 +242,10 @@ class _Walker:
         cur = self.cur
         by_id: dict[int, Section] = {}
         desc_pos = 0
-        last_report = 0
         while True:
-            if self.progress and cur.pos - last_report > (64 << 20):
-                last_report = cur.pos
-                self.progress(cur.pos, cur.size)
+            # QEMU writes RAM in many short PART sections: the release schedule spans them
+            if cur.pos - self.released >= RELEASE_EVERY:
+                self.checkpoint(cur.pos)
             start = cur.pos
             kind = cur.u8("section type")
             if kind == C.QEMU_VM_EOF:

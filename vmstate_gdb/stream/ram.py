@@ -11,6 +11,7 @@ import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import UnsupportedError
 from . import constants as C
@@ -38,7 +39,7 @@ class RamBlock:
     used_length: int
     page_size: int
     entry_offset: int  # stream offset of the block's entry in the setup list
-    pages: array = field(repr=False)  # 'q' per page: offset of data, PAGE_ZERO or PAGE_ABSENT
+    pages: Any = field(repr=False)  # 'q' array or memoryview per page: data offset, PAGE_ZERO, PAGE_ABSENT
     mapped_ram: MappedRamHeader | None = None
     mr_addr: int | None = None  # only with x-ignore-shared
 
@@ -51,11 +52,11 @@ class RamBlock:
 
     def counts(self) -> dict[str, int]:
         zero = absent = 0
-        for v in self.pages:
-            if v == PAGE_ZERO:
-                zero += 1
-            elif v == PAGE_ABSENT:
-                absent += 1
+        step = 1 << 16  # counted in C, a bounded slice at a time (pages may be a map of the cache)
+        for i in range(0, len(self.pages), step):
+            chunk = array("q", self.pages[i : i + step])
+            zero += chunk.count(PAGE_ZERO)
+            absent += chunk.count(PAGE_ABSENT)
         return {
             "pages": self.page_count,
             "data": self.page_count - zero - absent,
@@ -76,7 +77,10 @@ class RamState:
     records: int = 0  # page records seen (repeats included)
     last_block: RamBlock | None = None  # QEMU keeps "current block" across sections
     eos_offsets: list[int] = field(default_factory=list)  # stream offset of each chunk's EOS word
-    checkpoint: Callable[[int], None] | None = None  # called every 64 MiB of RAM records
+    checkpoint: Callable[[int], None] | None = None  # called every RELEASE_EVERY bytes of RAM records
+    #: where page arrays live: called with a page count, returns a writable 'q' buffer of PAGE_ABSENT
+    #: entries (index_cache.PageFile: in the cache file); None: ordinary arrays
+    allocate: Callable[[int], Any] | None = None
 
 
 def parse_ram_setup(cur: Cursor, state: RamState, channel_base: int) -> None:
@@ -104,7 +108,8 @@ def parse_ram_setup(cur: Cursor, state: RamState, channel_base: int) -> None:
         if used % state.page_size or used > remaining:
             raise cur.fail(f"RAM block {name!r} has a bad used_length {used:#x}", entry)
         npages = used // state.page_size
-        block = RamBlock(name, used, state.page_size, entry, array("q", [PAGE_ABSENT]) * npages)
+        pages = state.allocate(npages) if state.allocate else array("q", [PAGE_ABSENT]) * npages
+        block = RamBlock(name, used, state.page_size, entry, pages)
         if state.ignore_shared:
             block.mr_addr = cur.be64("mr_addr")
         if state.mapped_ram:
@@ -165,8 +170,8 @@ def parse_ram_chunk(cur: Cursor, state: RamState) -> None:
 
 _MIN_RECORD = 9  # a ZERO record with CONTINUE: be64 word + fill byte
 _RUN_MIN = 4  # consecutive records of one kind before trying the bulk path
-_RUN_MAX = 1 << 12  # records checked in one bulk step (16 MiB of pages: bounded resident set)
-_CHECKPOINT = 32 << 20  # bytes between progress/release callbacks
+_RUN_MAX = 1 << 10  # records checked in one bulk step (4 MiB of pages: bounded resident set)
+RELEASE_EVERY = 8 << 20  # bytes between progress/release callbacks: bounds the mapped pages
 _NATIVE_LITTLE = sys.byteorder == "little"
 
 
@@ -190,11 +195,11 @@ def _parse_ram_records(cur: Cursor, state: RamState) -> None:
     run_kind = -1
     run_page = -2
     run_len = 0
-    next_checkpoint = pos + _CHECKPOINT
+    next_checkpoint = pos + RELEASE_EVERY
     try:
         while True:
             if pos >= next_checkpoint:
-                next_checkpoint = pos + _CHECKPOINT
+                next_checkpoint = pos + RELEASE_EVERY
                 if state.checkpoint is not None:
                     state.checkpoint(pos)
             if pos + 8 > size:

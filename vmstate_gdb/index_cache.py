@@ -1,0 +1,267 @@
+"""Stream indexes kept in the user's cache directory, so a second open of an unchanged file is a map.
+
+A snapshot is opened many times (`vmstate info`, then `devices`, then gdb): the scan of its RAM records
+is the same each time. The cache file holds each RAM block's page array exactly as it is in memory,
+then the index's small parts (sections, device descriptions, block list) as a pickle and a footer;
+loading maps the file and hands out the arrays as views into the map, so a reopen costs the same for
+a 1 GiB guest as for a 64 GiB one and brings no page of the array into memory until it is read.
+A first open builds the arrays straight into that file (:class:`PageFile`) and lets go of the pages
+it has filled as the scan moves on, so the index of a 64 GiB guest (128 MiB) never sits in memory.
+
+The key is the file's identity (device, inode, size, modification time), the container (kind, where
+the stream starts, which qcow2 snapshot) and a hash of the stream's first and last 64 KiB: a file
+changed, truncated or replaced is never served from a stale entry. As git does for its index, a file
+modified in the last two seconds is not cached at all, since a rewrite within the filesystem's
+timestamp granularity would keep its modification time. The cache is never required (any
+problem with it means a normal scan) and is never written next to the snapshot.
+
+Where: ``$VMSTATE_INDEX_CACHE`` (``off`` disables it), else ``$XDG_CACHE_HOME/vmstate_gdb/index``, else
+``~/.cache/vmstate_gdb/index``; at most 4 GiB (8 bytes per guest page: 128 MiB for a 64 GiB guest),
+least recently used entries removed first. Streams under 16 MiB are not cached (their scan takes
+tens of milliseconds). Entries are pickles: only files the user owns in a directory only the
+user can write are loaded, like any other per-user cache of trusted data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+import pickle
+import stat
+import struct
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .containers import StreamSource
+    from .stream.index import StreamIndex
+
+_FOOTER = struct.Struct("<8sQQQQ")  # magic, key offset, key length, metadata offset, length
+_MAGIC = b"VMSIDX\x00\x03"  # bump the last byte when StreamIndex or the layout changes
+_SAMPLE = 64 << 10
+_MIN_STREAM = 16 << 20  # a shorter stream is scanned in tens of milliseconds: not worth a file
+_MAX_BYTES = 4 << 30  # the cache's size; least recently used entries go first
+_SETTLED_NS = 2 * 10**9  # git's "racy" rule: a file modified this recently may change again unseen
+_STALE_TMP_S = 24 * 3600  # leftovers of a killed scan
+_FILL = b"\xff" * (1 << 20)  # PAGE_ABSENT (-1) in every entry
+
+
+def cache_dir() -> Path | None:
+    env = os.environ.get("VMSTATE_INDEX_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "no") else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vmstate_gdb" / "index"
+
+
+def source_key(source: StreamSource) -> bytes | None:
+    """What identifies this stream's bytes; None: do not cache (no cache, not a settled regular file)."""
+    if cache_dir() is None:
+        return None
+    try:
+        st = os.stat(source.path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or source.size < _MIN_STREAM:
+        return None
+    # A file written in the last seconds could be rewritten within the filesystem's timestamp
+    # granularity, same size and inode, and look unchanged: it is scanned, not cached.
+    if time.time_ns() - st.st_mtime_ns < _SETTLED_NS:
+        return None
+    snap = getattr(source, "snapshot", None)
+    which = f"{snap.id}/{snap.name}/{snap.vm_state_size}" if snap is not None else ""
+    try:
+        origin = source.file_offset(0)
+    except Exception:
+        origin = -1
+    h = hashlib.sha256()
+    h.update(
+        f"{os.path.realpath(source.path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|"
+        f"{source.kind}|{origin}|{source.size}|{which}".encode()
+    )
+    h.update(source.read(0, min(_SAMPLE, source.size)))
+    tail = min(_SAMPLE, source.size)
+    h.update(source.read(source.size - tail, tail))
+    return h.hexdigest().encode()
+
+
+def _entry(key: bytes) -> Path | None:
+    d = cache_dir()
+    return None if d is None else d / (key[:40].decode() + ".idx")
+
+
+def load(key: bytes | None, path: str) -> StreamIndex | None:
+    """The cached index for ``key``, or None (missing, stale, foreign, unreadable: all the same)."""
+    entry = _entry(key) if key else None
+    if entry is None:
+        return None
+    try:
+        fd = os.open(entry, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or not _private(entry.parent) or st.st_size < _FOOTER.size:
+            return None
+        mm = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    try:
+        magic, key_off, key_len, meta_off, meta_len = _FOOTER.unpack_from(mm, len(mm) - _FOOTER.size)
+        if (
+            magic != _MAGIC
+            or key_off + key_len != meta_off
+            or meta_off + meta_len + _FOOTER.size != len(mm)
+            or mm[key_off:meta_off] != key
+        ):
+            return None
+        index, layout = pickle.loads(mm[meta_off : meta_off + meta_len])
+        view = memoryview(mm)
+        for name, offset, count in layout:
+            if offset + 8 * count > meta_off:
+                return None
+            index.ram.blocks[name].pages = view[offset : offset + 8 * count].cast("q")
+    except Exception:  # a damaged cache entry is a cache miss, never an error of the snapshot
+        return None
+    index.path = path
+    with contextlib.suppress(OSError):
+        os.utime(entry)  # recently used: evicted last
+    return index
+
+
+class PageFile:
+    """The page arrays of an index being built, written straight into its future cache file.
+
+    Called with a page count, it returns a writable ``'q'`` view filled with PAGE_ABSENT; the scan
+    calls :meth:`release` as it moves on, which unmaps the filled pages (they stay in the page cache
+    and come back on the next touch), so resident memory does not grow with the guest's RAM.
+    """
+
+    def __init__(self, directory: Path):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _private(directory):
+            raise OSError(f"{directory} is writable by others")
+        _remove_stale(directory)
+        fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".idx")
+        self.fd: int | None = fd
+        self.end = 0
+        self.maps: list[mmap.mmap] = []
+        self.layout: dict[int, tuple[int, int]] = {}  # id(view) -> (offset, count)
+
+    @classmethod
+    def for_key(cls, key: bytes | None) -> PageFile | None:
+        d = cache_dir() if key else None
+        if d is None:
+            return None
+        try:
+            return cls(d)
+        except OSError:
+            return None
+
+    def __call__(self, npages: int):
+        length = 8 * npages
+        offset = self.end
+        self.end += length + -length % mmap.PAGESIZE
+        if not npages:
+            return memoryview(array("q"))
+        try:
+            # written, not only truncated: the blocks are allocated now, so a full disk is this
+            # OSError and not a SIGBUS at a store into the map later
+            os.ftruncate(self.fd, self.end)
+            for pos in range(offset, offset + length, len(_FILL)):
+                os.pwrite(self.fd, _FILL[: min(len(_FILL), offset + length - pos)], pos)
+            mm = mmap.mmap(self.fd, length, offset=offset)
+        except OSError:  # the cache's disk is full: this open goes on in memory, uncached
+            return array("q", [-1]) * npages
+        self.maps.append(mm)
+        view = memoryview(mm).cast("q")
+        self.layout[id(view)] = (offset, npages)
+        return view
+
+    def release(self) -> None:
+        for mm in self.maps:
+            with contextlib.suppress(OSError, ValueError):
+                mm.madvise(mmap.MADV_DONTNEED)
+
+    def finish(self, key: bytes, index: StreamIndex) -> None:
+        """Append the rest of the index and give the file its name; the arrays stay mapped."""
+        try:
+            layout = [(name, *self.layout[id(b.pages)]) for name, b in index.ram.blocks.items()]
+            meta = _pickle_without_arrays(index, layout)
+            entry = _entry(key)
+            os.lseek(self.fd, self.end, os.SEEK_SET)
+            _write_tail(self.fd, self.end, key, meta)
+            os.replace(self.tmp, entry)
+        except (OSError, KeyError, pickle.PicklingError, TypeError, ValueError):
+            self.discard()
+            return
+        self._close_fd()
+        _evict(entry.parent, _MAX_BYTES)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _pickle_without_arrays(index: StreamIndex, layout) -> bytes:
+    ram = index.ram
+    saved = ram.checkpoint, ram.allocate, {name: b.pages for name, b in ram.blocks.items()}
+    ram.checkpoint = ram.allocate = None  # the scan's callbacks: not data
+    try:
+        for b in ram.blocks.values():
+            b.pages = array("q")
+        return pickle.dumps((index, layout), protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        ram.checkpoint, ram.allocate, arrays = saved
+        for name, pages in arrays.items():
+            ram.blocks[name].pages = pages
+
+
+def _write_tail(fd: int, at: int, key: bytes, meta: bytes) -> None:
+    footer = _FOOTER.pack(_MAGIC, at, len(key), at + len(key), len(meta))
+    os.pwrite(fd, key + meta + footer, at)
+
+
+def _evict(directory: Path, limit: int) -> None:
+    """Remove the least recently used entries until the cache holds at most ``limit`` bytes."""
+    entries = []
+    for p in directory.glob("*.idx"):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            entries.append((st.st_mtime_ns, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    for _, size, p in sorted(entries):
+        if total <= limit:
+            break
+        with contextlib.suppress(OSError):
+            p.unlink()
+            total -= size
+
+
+def _remove_stale(directory: Path) -> None:
+    now = time.time()
+    for p in directory.glob(".tmp-*.idx"):
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > _STALE_TMP_S:
+                p.unlink()
+
+
+def _private(directory: Path) -> bool:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
