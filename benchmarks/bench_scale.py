@@ -30,7 +30,13 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from common import filled_snapshot, real_snapshot, timed  # noqa: E402
 
+import vmstate_gdb  # noqa: E402
+
+VMSTATE_PACKAGE = vmstate_gdb.__file__
+
 VMSTATE = [sys.executable, "-m", "vmstate_gdb.cli"]
+# as installed: with bytecode (pip compiles it at install time; some shells set this variable)
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 _OPEN = """
 import json, os, sys, time
@@ -55,7 +61,7 @@ def _open_child(path: str, cache: str) -> dict:
 
 
 def _cli(argv: list[str], cache: str) -> float:
-    env = dict(os.environ, VMSTATE_INDEX_CACHE=cache)
+    env = dict(CHILD_ENV, VMSTATE_INDEX_CACHE=cache)
     t = time.perf_counter()
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
@@ -127,6 +133,8 @@ def main() -> None:
     ap.add_argument("--data", default="1,4,16", help="GiB sizes of data-heavy guests")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
+    compile_all = [sys.executable, "-m", "compileall", "-q", os.path.dirname(VMSTATE_PACKAGE)]
+    subprocess.run(compile_all, env=CHILD_ENV, stdout=subprocess.DEVNULL)
     startup()
     rows = []
     for gib in [int(x) for x in args.zero.split(",") if x]:

@@ -39,7 +39,15 @@ def real_snapshot(mib: int) -> str:
     """A real QEMU stream of the small guest with ``mib`` MiB of RAM (mostly zero pages)."""
     if mib == BIG_MIB:
         return real_big_snapshot().path
-    config = GuestConfig("small", "pc", 1, mib, (Nic("e1000", "52:54:00:12:34:56"),))
+    extra: tuple[str, ...] = ()
+    if mib > 16 << 10:  # more than this host's RAM: reserve=off (MAP_NORESERVE), so QEMU may map it
+        extra = (
+            "-object",
+            f"memory-backend-ram,id=pc.ram,size={mib}M,reserve=off",
+            "-machine",
+            "memory-backend=pc.ram",
+        )
+    config = GuestConfig("small", "pc", 1, mib, (Nic("e1000", "52:54:00:12:34:56"),), extra_args=extra)
     return build_snapshot(Scenario(f"bench-small-pc-{mib}m", config), work_dir(), reuse=True).path
 
 

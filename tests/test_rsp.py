@@ -13,7 +13,7 @@ import pytest
 
 from vmstate_gdb.arch.x86_64 import gdb as regs
 from vmstate_gdb.harness.state import split_cpus
-from vmstate_gdb.rsp.protocol import checksum, escape_binary, frame, unescape_binary
+from vmstate_gdb.rsp.protocol import _expand_runs, checksum, escape_binary, frame, hex_runs, unescape_binary
 from vmstate_gdb.rsp.server import SnapshotServer
 from vmstate_gdb.snapshot import Snapshot
 
@@ -41,7 +41,7 @@ class Client:
                 assert self.buf[end + 1 : end + 3] == b"%02x" % checksum(payload)
                 self.buf = self.buf[end + 3 :]
                 self.sock.sendall(b"+")
-                return payload
+                return _expand_runs(payload)  # as gdb does, before anything else
             chunk = self.sock.recv(1 << 20)
             assert chunk, "server closed the connection"
             self.buf += chunk
@@ -93,6 +93,17 @@ def test_escape_roundtrip():
     data = bytes(range(256)) * 2
     assert unescape_binary(escape_binary(data)) == data
     assert b"#" not in escape_binary(data) and b"$" not in escape_binary(data)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("zeros", [*range(0, 120), 4096, 4096 * 3 + 5])
+def test_zero_runs_are_encoded_as_gdb_expands_them(zeros):
+    data = b"\x12\x00\x00\x34" + bytes(zeros) + b"\xab"
+    encoded = hex_runs(data)
+    assert _expand_runs(encoded) == data.hex().encode()
+    assert b"#" not in encoded and b"$" not in encoded
+    if zeros >= 4096:
+        assert len(encoded) < len(data) * 2 // 20
 
 
 @pytest.mark.unit

@@ -258,3 +258,38 @@ def test_a_corrupted_section_id_is_a_footer_error_not_a_swallowed_section():
     data[sec.header_offset + 4] ^= 0x01  # the section id in the header
     with pytest.raises(FormatError, match="footer of section 'timer' names section id"):
         idx_of(bytes(data))
+
+
+def _brute_counts(block) -> dict[str, int]:
+    pages = list(block.pages)
+    zero, absent = pages.count(PAGE_ZERO), pages.count(PAGE_ABSENT)
+    return {"pages": len(pages), "data": len(pages) - zero - absent, "zero": zero, "absent": absent}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_page_counts_kept_by_the_scan_equal_a_count_of_the_index(data):
+    """QEMU's passes: runs in order (bulk path), then pages sent again as data or zero, in any order."""
+    n = 96
+    b = StreamBuilder().ram_start({"pc.ram": n * PS})
+    first = data.draw(st.integers(0, n - 1))  # one data page: a stream that can hold the RAM it claims
+    chunks = [[("page", "pc.ram", first * PS, b"F" * PS)]]
+    for _ in range(data.draw(st.integers(1, 4))):
+        start = data.draw(st.integers(0, n - 1))
+        length = data.draw(st.integers(1, n - start))
+        kind = data.draw(st.sampled_from(["page", "zero"]))
+        pages = list(range(start, start + length))
+        if data.draw(st.booleans()):
+            pages = data.draw(st.permutations(pages))
+        recs = []
+        for i, p in enumerate(pages):
+            block = "pc.ram" if i == 0 else None
+            recs.append(
+                (kind, block, p * PS, bytes([p % 251 + 1]) * PS) if kind == "page" else (kind, block, p * PS)
+            )
+        chunks.append(recs)
+    for i, recs in enumerate(chunks):
+        b.ram_chunk(recs, end=i == len(chunks) - 1)
+    idx = idx_of(b.finish())
+    block = idx.ram.blocks["pc.ram"]
+    assert block.counts() == _brute_counts(block)

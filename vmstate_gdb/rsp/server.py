@@ -22,7 +22,7 @@ from ..errors import AddressError, VmstateError
 from ..memory import PhysicalMemory, VirtualMemory
 from ..snapshot import Snapshot
 from .monitor import run_monitor
-from .protocol import INTERRUPT, PacketConnection, escape_binary, unescape_binary
+from .protocol import INTERRUPT, PacketConnection, escape_binary, hex_runs, unescape_binary
 
 PACKET_SIZE = 0x40000  # advertised PacketSize: 128 KiB of memory per m reply
 SIGTRAP = 5
@@ -336,7 +336,7 @@ class SnapshotServer:
     def _read_memory(self, args: bytes) -> bytes:
         addr_s, _, len_s = args.partition(b",")
         address, length = int(addr_s, 16), int(len_s, 16)
-        return self.read_memory(address, length).hex().encode() or EFAULT
+        return hex_runs(self.read_memory(address, length)) or EFAULT
 
     def read_memory(self, address: int, length: int) -> bytes:
         """What gdb gets: the bytes, or as many as are readable from the start (maybe none)."""

@@ -42,6 +42,10 @@ class RamBlock:
     pages: Any = field(repr=False)  # 'q' array or memoryview per page: data offset, PAGE_ZERO, PAGE_ABSENT
     mapped_ram: MappedRamHeader | None = None
     mr_addr: int | None = None  # only with x-ignore-shared
+    # kept by the scan (account()), so `vmstate info` does not walk millions of entries
+    data_pages: int = 0
+    zero_pages: int = 0
+    highest: int = -1  # the highest page written so far: entries above it are still PAGE_ABSENT
 
     @property
     def page_count(self) -> int:
@@ -51,18 +55,25 @@ class RamBlock:
         return self.pages[page]
 
     def counts(self) -> dict[str, int]:
-        zero = absent = 0
-        step = 1 << 16  # counted in C, a bounded slice at a time (pages may be a map of the cache)
-        for i in range(0, len(self.pages), step):
-            chunk = array("q", self.pages[i : i + step])
-            zero += chunk.count(PAGE_ZERO)
-            absent += chunk.count(PAGE_ABSENT)
-        return {
-            "pages": self.page_count,
-            "data": self.page_count - zero - absent,
-            "zero": zero,
-            "absent": absent,
-        }
+        absent = self.page_count - self.data_pages - self.zero_pages
+        return {"pages": self.page_count, "data": self.data_pages, "zero": self.zero_pages, "absent": absent}
+
+    def account(self, first: int, count: int, data: bool) -> None:
+        """Pages first..first+count-1 now hold data (or zero): keep the counts exact, looking at
+        the old entries only where a later pass of QEMU's sends a page again."""
+        if first > self.highest:
+            old_data = old_zero = 0
+        else:
+            old = array("q", self.pages[first : first + count])
+            old_zero = old.count(PAGE_ZERO)
+            old_data = count - old_zero - old.count(PAGE_ABSENT)
+        self.highest = max(self.highest, first + count - 1)
+        if data:
+            self.data_pages += count - old_data
+            self.zero_pages -= old_zero
+        else:
+            self.zero_pages += count - old_zero
+            self.data_pages -= old_data
 
 
 @dataclass
@@ -159,6 +170,10 @@ def _parse_mapped_ram_block(cur: Cursor, block: RamBlock, channel_base: int) -> 
         else:
             for bit in range(n):
                 pages[first + bit] = pages_offset + (first + bit) * ps if byte >> bit & 1 else PAGE_ZERO
+    set_bits = int.from_bytes(bitmap, "little") & ((1 << npages) - 1)
+    block.data_pages = set_bits.bit_count()
+    block.zero_pages = npages - block.data_pages
+    block.highest = npages - 1
     # The writer seeks past the reserved page area; the next block entry (or EOS) follows there.
     cur.pos = pages_offset + block.used_length
 
@@ -170,7 +185,8 @@ def parse_ram_chunk(cur: Cursor, state: RamState) -> None:
 
 _MIN_RECORD = 9  # a ZERO record with CONTINUE: be64 word + fill byte
 _RUN_MIN = 4  # consecutive records of one kind before trying the bulk path
-_RUN_MAX = 1 << 10  # records checked in one bulk step (4 MiB of pages: bounded resident set)
+_RUN_MAX_PAGES = 1 << 10  # page records checked in one bulk step (4 MiB: bounded resident set)
+_RUN_MAX_ZEROS = 1 << 12  # zero records (9 bytes each): as many as the header lanes allow
 RELEASE_EVERY = 8 << 20  # bytes between progress/release callbacks: bounds the mapped pages
 _NATIVE_LITTLE = sys.byteorder == "little"
 
@@ -245,6 +261,11 @@ def _parse_ram_records(cur: Cursor, state: RamState) -> None:
                 if pos + ps > size:
                     cur.pos = pos
                     cur.need(ps, "RAM page data")
+                if page > block.highest:
+                    block.highest = page
+                    block.data_pages += 1
+                else:
+                    block.account(page, 1, True)
                 pages[page] = pos
                 pos += ps
             else:
@@ -259,6 +280,11 @@ def _parse_ram_records(cur: Cursor, state: RamState) -> None:
                         pos + cur.origin,
                     )
                 pos += 1
+                if page > block.highest:
+                    block.highest = page
+                    block.zero_pages += 1
+                else:
+                    block.account(page, 1, False)
                 pages[page] = PAGE_ZERO
             records += 1
             if kind == run_kind and page == run_page + 1:
@@ -316,6 +342,7 @@ def _bulk_run(buf: memoryview, size: int, pos: int, kind: int, block: RamBlock, 
     stride = 8 + (ps if is_page else 1)
     limit = min(block.page_count - first, (size - pos) // stride)
     flags = kind | C.RAM_SAVE_FLAG_CONTINUE
+    most = _RUN_MAX_PAGES if is_page else _RUN_MAX_ZEROS
 
     def valid(a: int, b: int) -> bool:
         """Records a..b-1 of the run are exactly what QEMU would write for those pages."""
@@ -333,7 +360,7 @@ def _bulk_run(buf: memoryview, size: int, pos: int, kind: int, block: RamBlock, 
         upto = min(limit, done + window)
         if valid(done, upto):
             done = upto
-            window = min(window * 4, _RUN_MAX)
+            window = min(window * 4, most)
             continue
         lo, hi = done, upto  # records < lo are good; the run breaks before hi
         while hi - lo > 1:
@@ -345,6 +372,7 @@ def _bulk_run(buf: memoryview, size: int, pos: int, kind: int, block: RamBlock, 
         done = lo
         break
     if done:
+        block.account(first, done, is_page)
         if is_page:
             block.pages[first : first + done] = array("q", range(pos + 8, pos + 8 + done * stride, stride))
         else:

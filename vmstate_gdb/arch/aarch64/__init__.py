@@ -7,7 +7,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from .. import Architecture, Cpu, GdbRegister, Instruction, register
-from . import disasm, elfnotes, gdb, monitor
+from . import elfnotes, gdb, monitor
 from .cpu import CPREG_INDEXES_OFFSET, CPU_VERSION, Aarch64Cpu, decode_cpu
 from .paging import PageWalker
 
@@ -88,6 +88,8 @@ class Aarch64(Architecture):
     # -- code -----------------------------------------------------------------------------------
 
     def disassemble(self, code: bytes, address: int, cpu: Cpu, count: int = 1) -> list[Instruction]:
+        from . import disasm  # capstone: only when code is shown
+
         return disasm.disassemble(code, address, cpu.bits, count)
 
     # -- cores ----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from .. import Architecture, Cpu, GdbRegister, Instruction, register
 from . import (
     cpu_layout,  # noqa: F401  (registers the cpu decoder for streams without JSON)
-    disasm,
     elfnotes,
     gdb,
     monitor,
@@ -117,9 +116,13 @@ class X86_64(Architecture):
     # -- code -----------------------------------------------------------------------------------
 
     def code_address(self, cpu: Cpu) -> int:
+        from . import disasm  # capstone: only when code is shown
+
         return disasm.code_address(cpu)  # type: ignore[arg-type]
 
     def disassemble(self, code: bytes, address: int, cpu: Cpu, count: int = 1) -> list[Instruction]:
+        from . import disasm  # capstone: only when code is shown
+
         return disasm.disassemble(code, address, cpu.bits, count)
 
     # -- cores ----------------------------------------------------------------------------------
