@@ -11,7 +11,8 @@ VENV=${VMSTATE_VENV:-$ROOT/.venv}
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # bpftool: BTF -> C for gdb's vmstate-types; libc6-dev: the Linux guest's static marker program
-APT_PACKAGES="qemu-system-x86 qemu-system-arm qemu-utils gdb gdb-multiarch busybox-static python3-venv python3-pip gcc libc6-dev make binutils gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu xz-utils cpio bpftool"
+# xfsprogs: the reflink save test and benchmark make an XFS on a loop image
+APT_PACKAGES="qemu-system-x86 qemu-system-arm qemu-utils gdb gdb-multiarch busybox-static python3-venv python3-pip gcc libc6-dev make binutils gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu xz-utils cpio bpftool xfsprogs"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

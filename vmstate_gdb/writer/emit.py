@@ -5,7 +5,9 @@ Saving is atomic: a temporary file in the output's directory, fsync, rename. A f
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import tempfile
 from collections.abc import Callable
 
@@ -13,6 +15,8 @@ from ..errors import SaveError
 
 Progress = Callable[[int, int], None]
 _CHUNK = 64 << 20
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+_FICLONERANGE = 0x4020940D  # _IOW(0x94, 13, struct file_clone_range)
 
 
 class AtomicOutput:
@@ -88,6 +92,22 @@ def copy_range(
     os.lseek(dst_fd, out_pos, os.SEEK_SET)
 
 
+def clone_range(src_fd: int, dst_fd: int, length: int) -> bool:
+    """Make bytes [0, length) of ``dst`` share the source's extents (a reflink: btrfs, XFS, ...).
+
+    ``length`` must be a multiple of the filesystem's block size or the source's size. False where
+    the filesystem cannot (ext4, tmpfs, another filesystem): the caller copies instead.
+    """
+    try:
+        if length == os.fstat(src_fd).st_size:
+            fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+        else:
+            fcntl.ioctl(dst_fd, _FICLONERANGE, struct.pack("=qQQQ", src_fd, 0, length, 0))
+    except OSError:
+        return False
+    return True
+
+
 def write_stream(
     copy: Callable[[int, int], None],
     stream_size: int,
@@ -96,18 +116,21 @@ def write_stream(
     inserted: bytes,
     dst,
     progress: Progress | None = None,
+    start: int = 0,
 ) -> int:
     """Write the stream with its patches and one insertion to ``dst``; returns bytes written.
 
     ``copy(offset, length)`` appends the source's stream bytes [offset, offset+length) to ``dst``
-    (in the kernel for a contiguous file, in chunks for a fragmented qcow2 vmstate).
+    (in the kernel for a contiguous file, in chunks for a fragmented qcow2 vmstate). With ``start``,
+    ``dst`` already holds stream bytes [0, start) (cloned): writing begins there, and patches that
+    begin before it are the caller's.
     """
     total = stream_size + len(inserted)
-    events: list[tuple[int, int, bytes]] = [(off, 1, data) for off, data in patches]
+    events: list[tuple[int, int, bytes]] = [(off, 1, data) for off, data in patches if off >= start]
     if insert_at is not None:
         events.append((insert_at, 0, inserted))  # insertion sorts before a patch at the same offset
     events.sort(key=lambda e: (e[0], e[1]))
-    pos = written = 0
+    pos = written = start
 
     def copy_upto(end: int) -> None:
         nonlocal pos, written
