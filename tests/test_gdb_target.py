@@ -207,3 +207,53 @@ def test_reopen_replaces_and_close_ends_the_server(snapshot_small_pc_e1000, snap
 def test_gdb_python_is_the_system_python_and_finds_the_venv():
     out = run_gdb("python import sys, vmstate_gdb; print(sys.version_info[:2], vmstate_gdb.__file__)")
     assert "(3, 11)" in out and "vmstate_gdb/__init__.py" in out
+
+
+def _gdb_on_a_terminal(*commands: str, env: dict, timeout: float = 120) -> str:
+    """gdb as a person runs it: not batch mode, its output a terminal (a pty)."""
+    import os
+    import pty
+    import select
+    import time
+
+    argv = [GDB, "-nx", "-q", "-x", str(ROOT / "vmstate.gdb")]
+    for c in commands:
+        argv += ["-ex", c]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd="/", env=env)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the pty closed: gdb exited
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    return out.decode(errors="replace")
+
+
+def test_open_and_save_show_progress_on_a_terminal_and_nothing_in_batch(snapshot_linux_pc_3nic, tmp_path):
+    import os
+
+    snap = snapshot_linux_pc_3nic
+    env = dict(os.environ, VMSTATE_INDEX_CACHE="off")  # a scan, not a cached index: there is progress
+    out = tmp_path / "progress.vmstate"
+    commands = (f"vmstate-open {snap.path}", f"vmstate-save {out}", "vmstate-close", "quit")
+    text = _gdb_on_a_terminal(*commands, env=env)
+    assert re.search(r"indexing \S+: 100% \(0\.\d of 0\.\d GiB\)", text), text[-2000:]
+    assert re.search(r"saving \S+: 100%", text), text[-2000:]
+    assert out.stat().st_size == Path(snap.path).stat().st_size
+    batch = run_gdb(f"vmstate-open {snap.path}", f"vmstate-save {tmp_path / 'batch.vmstate'}")
+    assert "%" not in batch and "wrote" in batch, batch

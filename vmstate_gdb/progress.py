@@ -16,9 +16,10 @@ class Progress:
         self.min_total = min_total
         self._last = 0.0
         self._shown = False
+        self._finished = False  # 100% was shown: a second report of the end prints nothing
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total < self.min_total:
+        if not self.enabled or total < self.min_total or self._finished:
             return
         now = time.monotonic()
         if done < total and now - self._last < 0.25:
@@ -30,9 +31,29 @@ class Progress:
         if done >= total:
             self.stream.write("\n")
             self._shown = False
+            self._finished = True
         self.stream.flush()
 
     def done(self) -> None:
         if self._shown:
             self.stream.write("\n")
             self._shown = False
+
+
+class ProgressLines:
+    """Callable(done, total) writing ``progress DONE TOTAL`` lines, a few a second: how the snapshot
+    server tells gdb's side how far an open or a save is, for gdb to show (or not, in batch mode)."""
+
+    def __init__(self, write, min_total: int = 64 << 20):
+        self.write = write
+        self.min_total = min_total
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < self.min_total:
+            return
+        now = time.monotonic()
+        if done < total and now - self._last < 0.25:
+            return
+        self._last = now
+        self.write(done, total)

@@ -6,6 +6,7 @@ Every failure is one gdb error line (gdb.GdbError), never a traceback; gdb stays
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 
 import gdb  # type: ignore[import-not-found]
@@ -63,6 +64,28 @@ def _argv(arg: str) -> list[str]:
         return shlex.split(arg)
     except ValueError as e:
         raise gdb.GdbError(f"cannot parse arguments: {e}") from None
+
+
+class _GdbTerminal:
+    """gdb's own output as a stream for :class:`~vmstate_gdb.progress.Progress`."""
+
+    def write(self, text: str) -> None:
+        gdb.write(text)
+
+    def flush(self) -> None:
+        gdb.flush()
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _progress(label: str, from_tty: bool):
+    """A progress display for a command typed at a terminal; None in batch mode and in scripts."""
+    if not from_tty or not os.isatty(1):
+        return None
+    from ..progress import Progress
+
+    return Progress(label, stream=_GdbTerminal(), enabled=True)
 
 
 def _flush_gdb_caches() -> None:
@@ -147,10 +170,13 @@ class VmstateOpen(gdb.Command):
         # the stop gdb reports on connecting needs only frame 0's pc: not yet the kernel's
         # stacks, whose first view costs the kernel's symbols and types
         UNWINDER.suspended = True
+        progress = _progress(f"indexing {args[0]}", from_tty)
         try:
-            SESSION.open(args[0], name)
+            SESSION.open(args[0], name, progress=progress)
         finally:
             UNWINDER.suspended = False
+            if progress is not None:
+                progress.done()
         UNWINDER.forget_guest()
         _flush_gdb_caches()  # frame 0 again, this time with the kernel unwinder
         facts = SESSION.facts
@@ -326,10 +352,13 @@ class VmstateSave(gdb.Command):
         fmt = _take_option(args, ("--format", "-f"), "vmstate-save")
         if len(args) != 1 or fmt not in (None, "stream", "qcow2"):
             raise gdb.GdbError("usage: vmstate-save OUT [--format stream|qcow2]")
-        import os
-
         out = os.path.abspath(os.path.expanduser(args[0]))
-        gdb.write(SESSION.request("save", out=out, fmt=fmt)["text"])
+        shown = _progress(f"saving {args[0]}", from_tty)
+        # over the side channel, whose progress lines also keep a many-GiB save's connection alive
+        reply = SESSION.side_request("save", progress=shown or (lambda done, total: None), out=out, fmt=fmt)
+        if shown is not None:
+            shown.done()
+        gdb.write(reply["text"])
 
 
 COMMANDS = (

@@ -51,7 +51,8 @@ class Session:
 
     # -- lifetime -----------------------------------------------------------------------------
 
-    def open(self, path: str, snapshot: str | None = None) -> None:
+    def open(self, path: str, snapshot: str | None = None, progress=None) -> None:
+        """``progress(done, total)``: called while the server indexes a big snapshot."""
         self.close()
         path = os.path.abspath(os.path.expanduser(path))
         if not os.path.exists(path):
@@ -75,6 +76,8 @@ class Session:
         ]
         if snapshot:
             argv += ["--snapshot", snapshot]
+        if progress is not None:
+            argv.append("--progress")
         argv.append(path)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         log = open(os.path.join(self.directory, "server.log"), "wb")
@@ -93,7 +96,7 @@ class Session:
             raise SessionError(f"cannot start the snapshot server ({argv[0]}): {e.strerror or e}") from None
         finally:
             log.close()
-        line = self._first_line()
+        line = self._first_line(progress)
         if not line.startswith("ready"):
             self.close()
             raise SessionError(line.removeprefix("error: ") or "the snapshot server did not start")
@@ -114,12 +117,21 @@ class Session:
             raise SessionError(f"cannot connect to the snapshot server: {e}") from None
         self.facts = self.request("facts")
 
-    def _first_line(self) -> str:
+    def _first_line(self, progress=None) -> str:
+        """The server's first line that is not a ``progress DONE TOTAL`` line (those go to
+        ``progress``)."""
         assert self.process is not None and self.process.stdout is not None
         out = self.process.stdout
         deadline = time.monotonic() + READY_TIMEOUT
         buf = b""
-        while b"\n" not in buf and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            while buf.startswith(b"progress ") and b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if progress is not None:
+                    _, done, total = line.split()
+                    progress(int(done), int(total))
+            if b"\n" in buf:
+                break
             ready, _, _ = select.select([out], [], [], 0.5)
             if ready:
                 chunk = os.read(out.fileno(), 4096)
@@ -174,9 +186,10 @@ class Session:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def side_request(self, op: str, **args):
+    def side_request(self, op: str, progress=None, **args):
         """A request over the side channel, for code that runs while gdb talks to the target
-        (frame unwinders), where a remote packet would re-enter gdb."""
+        (frame unwinders), where a remote packet would re-enter gdb, and for long operations
+        that report ``progress(done, total)`` as they go."""
         if not self.connected():
             raise SessionError("no snapshot is open (vmstate-open SNAPSHOT)")
         try:
@@ -186,9 +199,13 @@ class Session:
                 sock.connect(self.side_path)
                 self.side = sock.makefile("rwb")
                 sock.close()  # the file object keeps the connection
-            self.side.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
+            request = {"op": op, "args": args, **({"progress": True} if progress else {})}
+            self.side.write(json.dumps(request).encode() + b"\n")
             self.side.flush()
             line = self.side.readline()
+            while line.startswith(b'{"progress"'):
+                progress(*json.loads(line)["progress"])
+                line = self.side.readline()
         except OSError as e:
             self._close_side()
             raise SessionError(f"the snapshot server's side channel failed: {e}") from None

@@ -72,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accept-timeout", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log", action="store_true", help="log every packet to stderr")
     p.add_argument("--side-socket", help=argparse.SUPPRESS)  # qvmstate operations as JSON lines
+    p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # "progress D T" lines
 
 
 def run(args) -> int:
@@ -80,8 +81,13 @@ def run(args) -> int:
 
     if args.parent_pid:
         _die_with_parent(args.parent_pid)
+    progress = None
+    if args.progress:
+        from ..progress import ProgressLines
+
+        progress = ProgressLines(lambda done, total: print(f"progress {done} {total}", flush=True))
     try:
-        snap = open_snapshot(args.snap, snapshot=args.snapshot)
+        snap = open_snapshot(args.snap, snapshot=args.snapshot, progress=progress)
         if not snap.cpus:  # decoded now, so a corrupt vCPU is this one clear line, not a crash later
             snap.cpu(0)
     except VmstateError as e:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from ..arch import GdbRegister
 from ..errors import AddressError, VmstateError
 from ..memory import PhysicalMemory, VirtualMemory
+from ..progress import ProgressLines
 from ..snapshot import Snapshot
 from .monitor import run_monitor
 from .protocol import INTERRUPT, PacketConnection, escape_binary, hex_runs, unescape_binary
@@ -282,11 +283,14 @@ class SnapshotServer:
             return _hex_json({"error": f"ValueError: {e}"})
         return _hex_json(self.operation(name.decode(), args))
 
-    def operation(self, name: str, args: dict) -> dict:
-        """Run one qvmstate operation: ``{"result": ...}`` or ``{"error": "one line"}``."""
+    def operation(self, name: str, args: dict, progress=None) -> dict:
+        """Run one qvmstate operation: ``{"result": ...}`` or ``{"error": "one line"}``.
+        Operations that can take long (``reports_progress``) call ``progress(done, total)``."""
         op = self.operations.get(name)
         if op is None:
             return {"error": f"unknown vmstate operation {name!r}"}
+        if progress is not None and getattr(op, "reports_progress", False):
+            args = {**args, "progress": progress}
         try:
             return {"result": op(self, **args)}
         except VmstateError as e:
@@ -310,8 +314,16 @@ class SnapshotServer:
                     except (ValueError, KeyError, TypeError):
                         reply = {"error": "bad side-channel request"}
                     else:
+                        progress = None
+                        if request.get("progress"):
+                            progress = ProgressLines(
+                                lambda done, total: (
+                                    f.write(json.dumps({"progress": [done, total]}).encode() + b"\n"),
+                                    f.flush(),
+                                )
+                            )
                         with self.lock:
-                            reply = self.operation(name, args)
+                            reply = self.operation(name, args, progress)
                     f.write(json.dumps(reply).encode() + b"\n")
                     f.flush()
 

@@ -201,7 +201,7 @@ def revert(server: SnapshotServer) -> dict:
     return {"text": f"dropped {n_pages} RAM page(s) and {n_fields} field edit(s)\n"}
 
 
-def save(server: SnapshotServer, out: str, fmt: str | None = None) -> dict:
+def save(server: SnapshotServer, out: str, fmt: str | None = None, progress=None) -> dict:
     try:
         from ..writer import save as write_snapshot
     except ImportError:
@@ -210,11 +210,14 @@ def save(server: SnapshotServer, out: str, fmt: str | None = None) -> dict:
         ) from None
     from ..writer.meta import describe_resume, write_output_meta
 
-    result = write_snapshot(server.snap, out, fmt=fmt)
+    result = write_snapshot(server.snap, out, fmt=fmt, progress=progress)
     server.saved_generation = server.snap.edits.generation
     write_output_meta(server.snap, result, server.mac_changes)
     text = result.summary() + "\n" + describe_resume(result.path, result.format, result.snapshot_name) + "\n"
     return {"text": text}
+
+
+save.reports_progress = True  # type: ignore[attr-defined]
 
 
 def phys(server: SnapshotServer, on: bool | None = None) -> dict:
