@@ -51,3 +51,9 @@ def _vmstate_gdb_setup():
 _vmstate_gdb_setup()
 del _vmstate_gdb_setup
 end
+
+# A `monitor` command may change what memory reads return (`monitor phys on`, an edit made by the
+# server): gdb's memory cache of the snapshot is dropped after each one.
+define hookpost-monitor
+maintenance flush dcache
+end

@@ -23,12 +23,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run_gdb(*commands: str, timeout: float = 120) -> str:
+def run_gdb(*commands: str, timeout: float = 120, interleaved: bool = False) -> str:
+    """gdb's output; ``interleaved``: stderr where it came, not after stdout."""
     argv = [GDB, "-nx", "-batch", "-x", str(ROOT / "vmstate.gdb")]
     for c in commands:
         argv += ["-ex", c]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/")
-    out = proc.stdout + proc.stderr
+    err = subprocess.STDOUT if interleaved else subprocess.PIPE
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout, cwd="/")
+    out = proc.stdout + (proc.stderr or "")
     assert "Traceback" not in out, out
     return out
 
@@ -257,3 +259,34 @@ def test_open_and_save_show_progress_on_a_terminal_and_nothing_in_batch(snapshot
     assert out.stat().st_size == Path(snap.path).stat().st_size
     batch = run_gdb(f"vmstate-open {snap.path}", f"vmstate-save {tmp_path / 'batch.vmstate'}")
     assert "%" not in batch and "wrote" in batch, batch
+
+
+def test_gdb_caches_memory_but_never_serves_a_stale_view(snapshot_small_pc_e1000):
+    """vmstate-open lets gdb cache memory (one x/N is a few 64 KiB reads); a `monitor` command
+    that changes the view (physical mode) and the server's own edits must drop that cache."""
+    kernel = 0xFFFFFFFF80100000  # the small guest's kernel: physical 0x100000
+    out = run_gdb(
+        f"vmstate-open {snapshot_small_pc_e1000.path}",
+        "info mem",
+        f"x/2gx {kernel:#x}",
+        "monitor phys on",
+        f"x/2gx {kernel:#x}",
+        "x/2gx 0x100000",
+        "monitor phys off",
+        f"x/2gx {kernel:#x}",
+        f"set {{unsigned int}}{kernel:#x} = 0xdeadbeef",
+        f"x/1wx {kernel:#x}",
+        "vmstate-revert",
+        f"x/1wx {kernel:#x}",
+        interleaved=True,
+    )
+    assert re.search(r"0x0+ 0x10+ rw cache", out), out
+    virt = re.findall(rf"^{kernel:#x}:\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)", out, re.M)
+    phys = re.findall(r"^0x100000:\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)", out, re.M)
+    assert len(virt) == 2 and virt[0] == virt[1] == phys[0], out
+    assert f"Cannot access memory at address {kernel:#x}" in out, (
+        "physical mode served the cached virtual view"
+    )
+    words = re.findall(rf"^{kernel:#x}:\s+(0x[0-9a-f]{{8}})$", out, re.M)
+    assert words[0] == "0xdeadbeef", out  # the write, through the cache
+    assert words[1] == f"{int(virt[0][0], 16) & 0xFFFFFFFF:#010x}", out  # reverted by the server
