@@ -141,13 +141,15 @@ def main() -> None:
         rows.append(measure(f"zero-heavy {gib}G", real_snapshot(gib * 1024)))
     for gib in [int(x) for x in args.data.split(",") if x]:
         rows.append(measure(f"data-heavy {gib}G", filled_snapshot(0.9, gib * 1024)))
-    if len(rows) > 1:
-        a, b = rows[0], rows[-1]
-        print(
-            f"growth {a['label']} -> {b['label']}: guest x{b['guest_gib'] / a['guest_gib']:.0f}, "
-            f"open x{b['open'] / a['open']:.1f}, reopen x{b['reopen'] / a['reopen']:.1f}, "
-            f"peak RSS x{b['rss_first'] / a['rss_first']:.2f}"
-        )
+    for shape in ("zero-heavy", "data-heavy"):
+        same = [r for r in rows if r["label"].startswith(shape)]
+        if len(same) > 1:
+            a, b = same[0], same[-1]
+            print(
+                f"growth, {shape} {a['guest_gib']:.0f} -> {b['guest_gib']:.0f} GiB (x{b['guest_gib'] / a['guest_gib']:.0f}):"
+                f" open x{b['open'] / a['open']:.1f}, reopen x{b['reopen'] / a['reopen']:.1f}, "
+                f"peak RSS x{b['rss_first'] / a['rss_first']:.2f}"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

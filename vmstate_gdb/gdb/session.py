@@ -49,6 +49,7 @@ class Session:
         self.side = None  # the side channel's file object, connected on first use
         self.facts: dict = {}
         self.cached = False  # our `mem` region that lets gdb cache the snapshot's memory is set
+        self.cache_wanted = True  # `set vmstate-cache off`: every read goes to the server
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -126,12 +127,21 @@ class Session:
         edits made by the server (vmstate-* commands, `monitor` ones) flush it
         (_flush_gdb_caches, and vmstate.gdb's hookpost-monitor)."""
         self._uncache_memory()
+        if not self.cache_wanted:
+            return
         try:
             for command in ("mem 0 0 cache", "set dcache line-size 65536", "set dcache size 256"):
                 gdb.execute(command, to_string=True)
             self.cached = True
         except gdb.error:
             pass
+
+    def set_cache(self, wanted: bool) -> None:
+        self.cache_wanted = wanted
+        if self.connected():
+            self._cache_memory()
+        else:
+            self._uncache_memory()
 
     def _uncache_memory(self) -> None:
         if self.cached:
