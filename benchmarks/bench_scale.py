@@ -146,7 +146,8 @@ def main() -> None:
         if len(same) > 1:
             a, b = same[0], same[-1]
             print(
-                f"growth, {shape} {a['guest_gib']:.0f} -> {b['guest_gib']:.0f} GiB (x{b['guest_gib'] / a['guest_gib']:.0f}):"
+                f"growth, {shape} {a['guest_gib']:.0f} -> {b['guest_gib']:.0f} GiB "
+                f"(x{b['guest_gib'] / a['guest_gib']:.0f}):"
                 f" open x{b['open'] / a['open']:.1f}, reopen x{b['reopen'] / a['reopen']:.1f}, "
                 f"peak RSS x{b['rss_first'] / a['rss_first']:.2f}"
             )
