@@ -20,6 +20,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.2,<9", "hypothesis>=6.70,<7", "ruff>=0.4"],
+        # elsewhere than Debian (bootstrap.sh links python3-libvirt into the venv instead)
+        "libvirt": ["libvirt-python>=9.0"],
     },
     entry_points={
         "console_scripts": ["vmstate = vmstate_gdb.cli:main"],

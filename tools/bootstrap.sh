@@ -12,7 +12,9 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # bpftool: BTF -> C for gdb's vmstate-types; libc6-dev: the Linux guest's static marker program
 # xfsprogs: the reflink save test and benchmark make an XFS on a loop image
-APT_PACKAGES="qemu-system-x86 qemu-system-arm qemu-utils gdb gdb-multiarch busybox-static python3-venv python3-pip gcc libc6-dev make binutils gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu xz-utils cpio bpftool xfsprogs"
+# libvirt-*, python3-libvirt: the libvirt tests run their own daemon (issue 12); the binding is
+# Debian's (built against the same libvirt as the daemon), linked into the venv below
+APT_PACKAGES="qemu-system-x86 qemu-system-arm qemu-utils gdb gdb-multiarch busybox-static python3-venv python3-pip gcc libc6-dev make binutils gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu xz-utils cpio bpftool xfsprogs libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients python3-libvirt"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -40,6 +42,17 @@ if [ ! -f "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
     touch "$stamp"
 fi
+
+# The libvirt binding: Debian's python3-libvirt, not libvirt-python from PyPI (that one compiles
+# against libvirt-dev and must match the daemon's version anyway). Only its modules are linked into
+# a directory on the venv's path (a .pth), so the rest of dist-packages does not leak into the venv.
+SYSLIB="$VENV/system-libvirt"
+mkdir -p "$SYSLIB"
+for f in /usr/lib/python3/dist-packages/libvirt*.py /usr/lib/python3/dist-packages/libvirtmod*.so; do
+    [ -e "$f" ] && ln -sf "$f" "$SYSLIB/"
+done
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$SYSLIB" > "$site/vmstate-system-libvirt.pth"
 
 log "building the small test guests (x86_64, aarch64)"
 make -s -C "$ROOT/tests/guest" >&2
