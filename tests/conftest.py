@@ -49,3 +49,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if scenario is not None:
                 for mark in scenario.markers:
                     item.add_marker(mark)
+
+
+@pytest.fixture(scope="session")
+def libvirtd():
+    """A private session-mode libvirtd (tests/libvirtd.py); skips with the reason when unusable.
+    Its dir is not under pytest's tmp (0700, root's): the daemon runs as nobody."""
+    from pathlib import Path
+
+    from libvirtd import Libvirtd
+
+    daemon = Libvirtd(Path(tempfile.mkdtemp(prefix="vmstate-libvirtd-")))
+    reason = daemon.unusable()
+    if reason:
+        pytest.skip(reason)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.cleanup()

@@ -1,0 +1,86 @@
+"""A private libvirtd for the tests: session mode, every dir under one tmp dir, ended by process group.
+
+Run as an unprivileged user (nobody when the tests run as root) so libvirt really is in session mode:
+its sockets, state and logs go under the XDG dirs given, never /run/libvirt. TCG only, no /dev/kvm.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+LIBVIRTD = "/usr/sbin/libvirtd"
+NOBODY = 65534
+
+
+class Libvirtd:
+    """One daemon; ``uri`` reaches it over its own socket."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.sock = root / "run/libvirt/libvirt-sock"
+        self.uri = f"qemu+unix:///session?socket={self.sock}"
+        self.log = root / "libvirtd.log"
+        self.proc: subprocess.Popen | None = None
+
+    def unusable(self) -> str | None:
+        """Why this machine cannot run one, or None."""
+        if not os.access(LIBVIRTD, os.X_OK):
+            return f"{LIBVIRTD} not installed (libvirt-daemon, libvirt-daemon-driver-qemu)"
+        try:
+            import libvirt  # noqa: F401
+        except ImportError:
+            return "no libvirt Python binding (python3-libvirt; tools/bootstrap.sh links it)"
+        return None
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.root),
+            **{
+                f"XDG_{k}": str(self.root / v)
+                for k, v in {
+                    "CONFIG_HOME": "cfg",
+                    "RUNTIME_DIR": "run",
+                    "CACHE_HOME": "cache",
+                    "DATA_HOME": "state",
+                }.items()
+            },
+        }
+        argv = [LIBVIRTD]
+        if os.geteuid() == 0:
+            os.chmod(self.root, 0o777)
+            argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"libvirtd did not start; log {self.log}:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """End the daemon and the QEMUs it started (all in its process group)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
