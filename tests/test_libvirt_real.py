@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from guestinfo import SMALL_ELF
 
 DOMAIN_XML = """<domain type='qemu'>
@@ -59,3 +60,40 @@ def test_small_guest_runs_under_private_libvirtd(libvirtd):
             dom.undefine()
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("bypass_cache", [False, True], ids=["plain", "bypass-cache"])
+def test_virsh_save_image_opens(libvirtd, bypass_cache):
+    """A save image (virDomain.saveFlags, what ``virsh save [--bypass-cache]`` calls): ``vmstate info``
+    reads it as a libvirt container with the guest's RAM and vCPU."""
+    import subprocess
+    import sys
+
+    import libvirt
+
+    conn = libvirt.open(libvirtd.uri)
+    try:
+        name = f"small-save-{int(bypass_cache)}"
+        xml, console = small_domain_xml(libvirtd, name)
+        dom = conn.defineXML(xml)
+        dom.create()
+        try:
+            wait_for(console, r"^TICK 2 ")
+            image = libvirtd.root / f"{name}.save"
+            dom.saveFlags(str(image), None, libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE if bypass_cache else 0)
+        finally:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    finally:
+        conn.close()
+    out = subprocess.run(
+        [sys.executable, "-m", "vmstate_gdb.cli", "info", str(image)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "QEMU snapshot (libvirt)" in out.stdout, out.stdout
+    assert re.search(r"pc\.ram\s+64\.0 MiB", out.stdout), out.stdout
+    assert re.search(r"vCPUs\s+1\n", out.stdout), out.stdout
