@@ -20,9 +20,16 @@ NOBODY = 65534
 class Libvirtd:
     """One daemon; ``uri`` reaches it over its own socket."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, qemu_conf: str = ""):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        if qemu_conf:  # session mode reads $XDG_CONFIG_HOME/libvirt/qemu.conf
+            conf = root / "cfg/libvirt/qemu.conf"
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text(qemu_conf)
+            for d in (root / "cfg", conf.parent):
+                d.chmod(0o777)  # the daemon (nobody) adds its own dirs here
+            conf.chmod(0o644)
         self.sock = root / "run/libvirt/libvirt-sock"
         self.uri = f"qemu+unix:///session?socket={self.sock}"
         self.log = root / "libvirtd.log"
