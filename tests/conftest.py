@@ -63,8 +63,8 @@ def libvirtd():
     reason = daemon.unusable()
     if reason:
         pytest.skip(reason)
-    daemon.start()
     try:
+        daemon.start()  # its error carries the log's tail: the dir goes either way
         yield daemon
     finally:
         daemon.cleanup()

@@ -114,8 +114,8 @@ def test_compressed_save_image_opens(fmt):
     reason = daemon.unusable()
     if reason:
         pytest.skip(reason)
-    daemon.start()
     try:
+        daemon.start()
         conn = libvirt.open(daemon.uri)
         xml, console = small_domain_xml(daemon, f"small-{fmt}")
         dom = conn.defineXML(xml)
