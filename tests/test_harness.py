@@ -25,6 +25,7 @@ from vmstate_gdb.harness import (
     render_argv,
 )
 from vmstate_gdb.harness.console import tick_continues
+from vmstate_gdb.harness.state import parse_info_lapic, parse_info_pic
 
 # ---------------------------------------------------------------------------------------------
 # unit: parsing and argv, no QEMU
@@ -55,6 +56,35 @@ def test_parse_info_registers_64():
     assert r["FS_BASE"] == 0x1000 and r["GS_BASE"] == 0xFFFF888000000000
     assert (r["GDT.base"], r["GDT.limit"]) == (0xFFFFFFFF80106000, 0x17)
     assert (r["CR0"], r["CR3"], r["EFER"]) == (0x80010011, 0x101000, 0x500)
+
+
+LAPIC_TEXT = """dumping local APIC state for CPU 1
+
+LVT0\t 0x00008700 active-hi level                             ExtINT (vec 0)
+LVTT\t 0x000200ec active-hi edge                  periodic     Fixed  (vec 236)
+Timer\t DCR=0xb (divide by 1) initial_count = 62500 current_count = 1234
+SPIV\t 0x000001ff APIC enabled, focus=off, spurious vec 255
+ISR\t (none)
+IRR\t 48 236
+
+APR 0x00 TPR 0x20 DFR 0x0f LDR 0x01 PPR 0x20
+"""
+
+
+@pytest.mark.unit
+def test_parse_info_lapic_and_pic():
+    regs = parse_info_lapic(LAPIC_TEXT)
+    assert regs["LVT0"] == 0x8700 and regs["LVTT"] == 0x200EC and regs["TPR"] == 0x20
+    assert (regs["DCR"], regs["initial_count"], regs["current_count"]) == (0xB, 62500, 1234)
+    assert regs["ISR"] == [] and regs["IRR"] == [48, 236]
+    chips = parse_info_pic(
+        "ioapic0: ver=0x20 id=0x00 sel=0x00\n  pin 0  0x0000000000010000 dest=0 vec=0\n"
+        "  pin 2  0x0000000000000030 dest=0 vec=48\n"
+        "pic1: irr=00 imr=8e isr=00 hprio=0 irq_base=70 rr_sel=0 elcr=0c fnm=0\n"
+        "pic0: irr=11 imr=b8 isr=00 hprio=0 irq_base=08 rr_sel=0 elcr=00 fnm=0\n"
+    )
+    assert chips["ioapic"] == {"pin0": 0x10000, "pin2": 0x30}
+    assert chips["pic0"]["imr"] == 0xB8 and chips["pic1"]["irq_base"] == 0x70
 
 
 @pytest.mark.unit
@@ -167,6 +197,14 @@ def test_boot_record_state_and_kill(qemu_vm):
     state = vm.record_state()
     assert len(state.registers) == 2 and state.network["nic0"]["macaddr"] == "52:54:00:12:34:99"
     assert any(d["vendor"] == 0x8086 and d["device"] == 0x100E for d in state.pci)
+    # QEMU's device view, the oracle of the device decoders: one `info lapic` per vCPU, by index
+    assert [f"for CPU {i}" in t for i, t in enumerate(state.lapic_text)] == [True, True]
+    lapics = [parse_info_lapic(t) for t in state.lapic_text]
+    assert lapics[0]["SPIV"] & 0x100 and "IRR" in lapics[1] and "initial_count" in lapics[1]
+    chips = parse_info_pic(state.monitor["info pic"])
+    assert {"pic0", "pic1", "ioapic"} <= set(chips) and len(chips["ioapic"]) == 24
+    assert "e1000" in state.monitor["info qtree"] and "pc.ram" in state.monitor["info mtree -f"]
+    assert "IRQ statistics" in state.monitor["info irq"] or state.monitor["info irq"] == ""
     with pytest.raises(QemuError) as err:
         vm.wait_for_line("NEVER PRINTED", timeout=0.5)
     assert (

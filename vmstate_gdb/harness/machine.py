@@ -349,7 +349,35 @@ class QemuVM:
                 state.rx_filter = self._run(self._client.execute("query-rx-filter"), 10.0)
             except Exception as exc:  # only virtio-net implements it; others raise
                 state.rx_filter_error = str(exc)
+        if self.config.target != "aarch64":
+            self._record_devices(state)
         return state
+
+    #: HMP commands whose text is kept as QEMU's view of the devices (x86 guests)
+    DEVICE_HMP = ("info pic", "info irq", "info qtree", "info mtree -f")
+
+    def _record_devices(self, state: RecordedState) -> None:
+        """Interrupt chips, device tree, memory map and virtio state as QEMU prints them, the
+        oracle for the semantic device decoders."""
+        for command in self.DEVICE_HMP:
+            state.monitor[command] = self.hmp(command)
+        for index in range(self.config.cpus):
+            # `cpu N` does not carry over between human-monitor-command calls: select by argument
+            state.lapic_text.append(
+                self.qmp("human-monitor-command", **{"command-line": "info lapic", "cpu-index": index})
+            )
+        assert self._client is not None
+        try:
+            devices = self._run(self._client.execute("x-query-virtio"), 10.0)
+        except Exception:  # QEMU 7.2's x-query-virtio works too; older ones lack it
+            return
+        for dev in devices:
+            status = self.qmp("x-query-virtio-status", path=dev["path"])
+            queues = [
+                self.qmp("x-query-virtio-queue-status", path=dev["path"], queue=q)
+                for q in range(int(status.get("num-vqs", 0)))
+            ]
+            state.virtio.append(dict(dev, status=status, queues=queues))
 
 
 @atexit.register

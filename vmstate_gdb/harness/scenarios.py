@@ -195,6 +195,11 @@ def snapshot_file(scenario: Scenario, directory: Path) -> Path:
     return directory / f"{scenario.name}.vmstate"
 
 
+def _has_device_records(snapshot: Snapshot) -> bool:
+    """Snapshots cached before the harness recorded QEMU's device view are made again."""
+    return snapshot.config.target == "aarch64" or bool(snapshot.state.lapic_text)
+
+
 def build_snapshot(scenario: Scenario, directory: str | Path, reuse: bool = True) -> Snapshot:
     """Boot the scenario's VM, wait for READY and ``ticks_before`` TICKs, capture, kill.
 
@@ -208,11 +213,16 @@ def build_snapshot(scenario: Scenario, directory: str | Path, reuse: bool = True
     if reuse and path.exists() and meta.exists():
         try:
             old = Snapshot.load(path)
-            if (old.config, old.method, old.guest_fingerprint) == (
-                scenario.config,
-                scenario.method,
-                fingerprint(guest),
-            ) and old.qemu_version == qemu_version(scenario.config):
+            if (
+                (old.config, old.method, old.guest_fingerprint)
+                == (
+                    scenario.config,
+                    scenario.method,
+                    fingerprint(guest),
+                )
+                and old.qemu_version == qemu_version(scenario.config)
+                and _has_device_records(old)
+            ):
                 return old
         except (KeyError, TypeError, ValueError, json.JSONDecodeError):
             pass

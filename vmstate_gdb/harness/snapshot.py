@@ -200,7 +200,9 @@ def capture(
     _check_version(vm, method)
     started = time.monotonic()
     vm.qmp("stop")
+    stopped_at = time.time()
     state = vm.record_state()
+    state.stopped_at = stopped_at
     console = vm.serial_text()
     ticks = vm.ticks()
     last_tick = ticks[-1] if ticks else None

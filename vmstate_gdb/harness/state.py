@@ -175,6 +175,14 @@ class RecordedState:
     rx_filter_error: str | None = None
     #: QEMU's gdbstub per vCPU ({"g": hex of the g packet, "p": {regnum hex: reply}}), where recorded
     gdbstub: list[dict[str, Any]] = field(default_factory=list)
+    #: HMP text by command ("info pic", "info irq", "info qtree", "info mtree -f"), x86 guests only
+    monitor: dict[str, str] = field(default_factory=dict)
+    #: HMP ``info lapic`` of each vCPU (selected with ``cpu N``), x86 guests only
+    lapic_text: list[str] = field(default_factory=list)
+    #: QEMU >= 7.2 x-query-virtio*: [{"path", "name", "status": {...}, "queues": [{...}, ...]}]
+    virtio: list[dict[str, Any]] = field(default_factory=list)
+    #: wall-clock time (UTC, seconds since the epoch) of the ``stop``: the RTC's reference
+    stopped_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -186,3 +194,42 @@ class RecordedState:
         data = dict(data)
         data["pci"] = [dict(d, bars={int(k): v for k, v in d["bars"].items()}) for d in data.get("pci", [])]
         return cls(**data)
+
+
+_LAPIC_REG = re.compile(r"^(LVT\w+|SPIV|ICR2?|ESR)\s+0x([0-9a-f]+)", re.M)
+_LAPIC_PAIR = re.compile(r"\b(APR|TPR|DFR|LDR|PPR) 0x([0-9a-f]+)")
+_LAPIC_TIMER = re.compile(r"DCR=0x([0-9a-f]+).*initial_count = (\d+) current_count = (\d+)")
+_LAPIC_VECTORS = re.compile(r"^(ISR|IRR)\s+(.*)$", re.M)
+
+
+def parse_info_lapic(text: str) -> dict[str, Any]:
+    """One vCPU's ``info lapic`` -> {"LVT0": raw, ..., "SPIV", "ICR", "ESR", "TPR", ..., "DCR",
+    "initial_count", "current_count", "ISR": [vectors], "IRR": [vectors]}."""
+    regs: dict[str, Any] = {}
+    for name, value in _LAPIC_REG.findall(text):
+        regs[name] = int(value, 16)
+    for name, value in _LAPIC_PAIR.findall(text):
+        regs[name] = int(value, 16)
+    m = _LAPIC_TIMER.search(text)
+    if m:
+        regs["DCR"], regs["initial_count"], regs["current_count"] = int(m[1], 16), int(m[2]), int(m[3])
+    for name, rest in _LAPIC_VECTORS.findall(text):
+        # "(none)" or "65 236" (vectors, decimal), possibly with "(level)" marks
+        regs[name] = [int(v) for v in re.findall(r"\b(\d+)\b", rest)]
+    return regs
+
+
+_PIC_LINE = re.compile(r"^(pic\d): (.*)$", re.M)
+_IOAPIC_PIN = re.compile(r"^\s+pin (\d+)\s+0x([0-9a-f]+)", re.M)
+
+
+def parse_info_pic(text: str) -> dict[str, dict[str, int]]:
+    """``info pic`` -> {"pic0": {"irr", "imr", "isr", "irq_base", "elcr", ...}, "pic1": ...,
+    "ioapic": {"pin0": raw redirection entry, ...}} (all values hex in QEMU's text)."""
+    chips: dict[str, dict[str, int]] = {}
+    for name, rest in _PIC_LINE.findall(text):
+        chips[name] = {k: int(v, 16) for k, v in re.findall(r"(\w+)=([0-9a-f]+)", rest)}
+    pins = {f"pin{n}": int(v, 16) for n, v in _IOAPIC_PIN.findall(text)}
+    if pins:
+        chips["ioapic"] = pins
+    return chips
