@@ -62,37 +62,48 @@ def test_small_guest_runs_under_private_libvirtd(libvirtd):
         conn.close()
 
 
-@pytest.mark.parametrize("bypass_cache", [False, True], ids=["plain", "bypass-cache"])
-def test_virsh_save_image_opens(libvirtd, bypass_cache):
-    """A save image (virDomain.saveFlags, what ``virsh save [--bypass-cache]`` calls): ``vmstate info``
-    reads it as a libvirt container with the guest's RAM and vCPU."""
-    import subprocess
-    import sys
-
+def _save_running_domain(daemon, name: str, flags: int = 0) -> Path:
+    """Boot the small guest as domain ``name``, wait for its TICKs, save it as libvirt does."""
     import libvirt
 
-    conn = libvirt.open(libvirtd.uri)
+    conn = libvirt.open(daemon.uri)
     try:
-        name = f"small-save-{int(bypass_cache)}"
-        xml, console = small_domain_xml(libvirtd, name)
+        xml, console = small_domain_xml(daemon, name)
         dom = conn.defineXML(xml)
         dom.create()
         try:
             wait_for(console, r"^TICK 2 ")
-            image = libvirtd.root / f"{name}.save"
-            dom.saveFlags(str(image), None, libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE if bypass_cache else 0)
+            image = daemon.root / f"{name}.save"
+            dom.saveFlags(str(image), None, flags)
         finally:
             if dom.isActive():
                 dom.destroy()
             dom.undefine()
     finally:
         conn.close()
-    out = subprocess.run(
+    return image
+
+
+def _vmstate_info(image: Path):
+    import subprocess
+    import sys
+
+    return subprocess.run(
         [sys.executable, "-m", "vmstate_gdb.cli", "info", str(image)],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize("bypass_cache", [False, True], ids=["plain", "bypass-cache"])
+def test_virsh_save_image_opens(libvirtd, bypass_cache):
+    """A save image (virDomain.saveFlags, what ``virsh save [--bypass-cache]`` calls): ``vmstate info``
+    reads it as a libvirt container with the guest's RAM and vCPU."""
+    import libvirt
+
+    flags = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE if bypass_cache else 0
+    out = _vmstate_info(_save_running_domain(libvirtd, f"small-save-{int(bypass_cache)}", flags))
     assert out.returncode == 0, out.stderr
     assert "QEMU snapshot (libvirt)" in out.stdout, out.stdout
     assert re.search(r"pc\.ram\s+64\.0 MiB", out.stdout), out.stdout
@@ -103,11 +114,8 @@ def test_virsh_save_image_opens(libvirtd, bypass_cache):
 @pytest.mark.parametrize("fmt", ["gzip"])
 def test_compressed_save_image_opens(fmt):
     """save_image_format in the daemon's qemu.conf: the image is compressed; vmstate info still reads it."""
-    import subprocess
-    import sys
     import tempfile
 
-    import libvirt
     from libvirtd import Libvirtd
 
     daemon = Libvirtd(Path(tempfile.mkdtemp(prefix="vmstate-libvirtd-")), f'save_image_format = "{fmt}"\n')
@@ -116,21 +124,7 @@ def test_compressed_save_image_opens(fmt):
         pytest.skip(reason)
     try:
         daemon.start()
-        conn = libvirt.open(daemon.uri)
-        xml, console = small_domain_xml(daemon, f"small-{fmt}")
-        dom = conn.defineXML(xml)
-        dom.create()
-        wait_for(console, r"^TICK 2 ")
-        image = daemon.root / f"small-{fmt}.save"
-        dom.save(str(image))
-        dom.undefine()
-        conn.close()
-        out = subprocess.run(
-            [sys.executable, "-m", "vmstate_gdb.cli", "info", str(image)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = _vmstate_info(_save_running_domain(daemon, f"small-{fmt}"))
         assert out.returncode == 0, out.stderr
         assert re.search(r"pc\.ram\s+64\.0 MiB", out.stdout), out.stdout
     finally:
