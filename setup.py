@@ -8,6 +8,8 @@ setup(
     description="Debug and edit frozen QEMU/KVM virtual machines (migration streams, savevm snapshots)"
     " with gdb",
     packages=find_packages(include=["vmstate_gdb", "vmstate_gdb.*"]),
+    # the device layouts for streams without VMDESCRIPTION (tools/harvest_descriptions.py)
+    package_data={"vmstate_gdb.devices": ["descriptions/*.json.gz"]},
     python_requires=">=3.11",
     install_requires=[
         "pyelftools>=0.29,<0.34",

@@ -356,6 +356,7 @@ def _register_optional(sub) -> None:
         "vmstate_gdb.export.cli",
         "vmstate_gdb.capture.cli",
         "vmstate_gdb.os.linux.cli",
+        "vmstate_gdb.devices.learn",
     ):
         try:
             mod = importlib.import_module(module)

@@ -1,7 +1,7 @@
 """The device tree: every FULL section decoded into named fields with their stream offsets.
 
-The schema is the VMDESCRIPTION JSON of the same stream; sections without one are raw bytes, except
-those a hand decoder knows (x86 `cpu`, the `virtio` blob).
+The schema is the VMDESCRIPTION JSON of the same stream; without one, the layouts learned from QEMU
+builds (library.py) where one fits every byte; else a hand decoder (x86 `cpu`), else raw bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import EditError
 from ..stream.index import Section, StreamIndex
+from . import library
 from .fields import Array, Group, Leaf, Node
 
 # A hand decoder: (field json, path, offset, read) -> Node, or None to keep the generic form.
@@ -35,6 +36,7 @@ class Device:
     key: str  # how users name it: idstr, or idstr[instance] when the idstr repeats
     section: Section
     root: Group
+    schema: str = "raw"  # where the field names come from: VMDESCRIPTION, library (source), layout
 
     @property
     def idstr(self) -> str:
@@ -56,7 +58,13 @@ class DeviceTree:
         for sec in index.devices:
             counts[sec.idstr] = counts.get(sec.idstr, 0) + 1
         seen: dict[str, int] = {}
-        for sec in index.devices:
+        # Without a VMDESCRIPTION, the layouts learned from QEMU builds (devices/library.py).
+        self._learned = (
+            library.load().describe_all(index.devices, read, index.machine_type or None)
+            if any(sec.description is None for sec in index.devices)
+            else {}
+        )
+        for i, sec in enumerate(index.devices):
             key = (
                 sec.idstr
                 if counts[sec.idstr] == 1 and sec.instance_id == 0
@@ -65,13 +73,16 @@ class DeviceTree:
             seen[key] = seen.get(key, 0) + 1
             if seen[key] > 1:  # e.g. one legacy `slirp` section per -netdev user, all instance 0
                 key = f"{key}#{seen[key]}"
-            self.devices.append(Device(key, sec, self._decode_section(sec, key)))
+            root, schema = self._decode_section(sec, key, self._learned.get(i))
+            self.devices.append(Device(key, sec, root, schema))
         self._by_key = {d.key: d for d in self.devices}
 
     # -- building -------------------------------------------------------------------------------
 
-    def _decode_section(self, sec: Section, key: str) -> Group:
-        desc = sec.description
+    def _decode_section(self, sec: Section, key: str, learned: library.Match | None) -> tuple[Group, str]:
+        desc, schema = sec.description, "VMDESCRIPTION"
+        if desc is None and learned is not None:
+            desc, schema = learned.description, f"layouts of {learned.source}"
         if desc is not None and "vmsd_name" in desc:
             group = Group(
                 key,
@@ -88,15 +99,15 @@ class DeviceTree:
             except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
                 end = -1  # the JSON is untrusted: a missing key or a wrong type is a lie too
             if end != sec.body_end:  # the JSON lied somewhere (see stream-format.md 2.5)
-                self.warnings.append(f"section {key!r}: its VMDESCRIPTION does not fit the bytes; shown raw")
-                return self._raw(sec, key)
-            return group
+                self.warnings.append(f"section {key!r}: its {schema} does not fit the bytes; shown raw")
+                return self._raw(sec, key), "raw"
+            return group, schema
         decoder = _section_decoders.get(sec.idstr)
         if decoder is not None:
             decoded = decoder(sec, key)
             if decoded is not None:
-                return decoded
-        return self._raw(sec, key)
+                return decoded, "built-in layout"
+        return self._raw(sec, key), "raw"
 
     def _raw(self, sec: Section, key: str) -> Group:
         group = Group(

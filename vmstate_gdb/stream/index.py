@@ -174,7 +174,10 @@ class _Walker:
         )
         idx.footers = conf_off is not None
         if vmdesc is None:
-            idx.warnings.append("no VMDESCRIPTION trailer: device sections are listed as raw bytes")
+            idx.warnings.append(
+                "no VMDESCRIPTION trailer: devices are named from learned layouts where one fits every "
+                "byte (see `vmstate learn`), else shown raw"
+            )
         self._sections(idx, device_entries(vmdesc))
         trailing = cur.size - idx.eof_offset - 1
         if vmdesc_offset is not None and vmdesc_offset != idx.eof_offset + 1:
