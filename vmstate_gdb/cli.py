@@ -38,14 +38,19 @@ def _open(args) -> Snapshot:
     from .snapshot import open_snapshot
 
     progress = Progress(f"opening {args.snap}", enabled=None if not args.quiet else False)
-    snap = open_snapshot(
-        args.snap,
-        snapshot=args.snapshot,
-        offset=args.offset,
-        max_ram_below_4g=args.max_ram_below_4g,
-        progress=progress,
-    )
-    progress.done()
+    unpacking = Progress(f"decompressing {args.snap}", enabled=None if not args.quiet else False)
+    try:
+        snap = open_snapshot(
+            args.snap,
+            snapshot=args.snapshot,
+            offset=args.offset,
+            max_ram_below_4g=args.max_ram_below_4g,
+            progress=progress,
+            decompress_progress=unpacking,
+        )
+    finally:
+        unpacking.done()
+        progress.done()
     return snap
 
 
@@ -94,6 +99,16 @@ def cmd_info(args) -> int:
             f"{'; ' + ', '.join(data['commands']) if data['commands'] else ''}"
             f"{'; no VMDESCRIPTION' if not data['vmdesc'] else ''}",
         ]
+        container = data["container"]
+        if container["kind"] == "libvirt":
+            lines.append(
+                f"  libvirt image version {container['libvirt_version']}, {container['compression']}"
+                + (
+                    f"; stream decompressed to {container['decompressed_to']}"
+                    if "decompressed_to" in container
+                    else ""
+                )
+            )
         lines.append("  RAM blocks")
         for b in data["ram_blocks"]:
             lines.append(
