@@ -289,3 +289,88 @@ def test_gdb_opens_a_compressed_image(compressed_image):
     )
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out and "0x5641534d454d4753" in out, out
+
+
+NIC_XML = (
+    "<interface type='user'><mac address='{mac}'/><model type='e1000'/></interface>\n"
+    "    <memballoon model='none'/>"
+)
+
+
+def test_patched_image_restores_with_new_mac_and_memory_edit(libvirtd):
+    """Save a domain with an e1000, change its MAC and write guest memory, write a libvirt image
+    again: libvirt's own reader (save-image-dumpxml) shows the new MAC, conn.restore runs it, and the
+    guest's TICK lines show the new MAC in the NIC's registers and the edited note."""
+    import struct
+    import subprocess
+
+    import libvirt
+    from guestinfo import small_symbols
+
+    old_mac, new_mac = "52:54:00:12:34:56", "52:54:00:ab:cd:ef"
+    conn = libvirt.open(libvirtd.uri)
+    try:
+        xml, console = small_domain_xml(libvirtd, "small-nic")
+        xml = xml.replace("<memballoon model='none'/>", NIC_XML.format(mac=old_mac))
+        dom = conn.defineXML(xml)
+        try:
+            dom.create()
+            wait_for(console, rf"^TICK 2 .*hw={old_mac}")
+            image = libvirtd.root / "small-nic.save"
+            dom.save(str(image))
+            before = image.read_bytes()
+            out = libvirtd.root / "small-nic-edited.save"
+            note = small_symbols()["guest_note"]
+            patch = _run_vmstate(
+                "patch",
+                str(image),
+                str(out),
+                "--mac",
+                new_mac,
+                "--write",
+                f"{note:#x}={b'libvirt edit'.hex()}00",
+                env={"VMSTATE_INDEX_CACHE": "off"},
+            )
+            assert patch.returncode == 0, patch.stderr
+            assert "virsh restore " + str(out) in patch.stdout, patch.stdout
+            assert image.read_bytes() == before  # the input is never written
+            data = out.read_bytes()
+            version, data_len, was_running, compressed, cookie = struct.unpack_from("<5I", data, 16)
+            assert data[:16] == b"LibvirtQemudSave" and compressed == 0 and was_running == 1
+            assert data[92 + data_len : 92 + data_len + 4] == b"QEVM"
+            assert data[92 + cookie : 92 + cookie + 8] == b"<cookie>"
+            dumped = subprocess.run(
+                ["virsh", "-c", libvirtd.uri, "save-image-dumpxml", str(out)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert dumped.returncode == 0, dumped.stderr
+            assert f"<mac address='{new_mac}'/>" in dumped.stdout and old_mac not in dumped.stdout
+            last = max(map(int, re.findall(r"^TICK (\d+) ", console.read_text(errors="replace"), re.M)))
+            conn.restore(str(out))  # libvirt reopens (truncates) the console file
+            text = wait_for(console, rf"^TICK \d+ .*hw={new_mac}.*note=libvirt edit", timeout=60)
+            first = int(re.search(r"^TICK (\d+) ", text, re.M)[1])
+            assert first > last  # the guest went on counting where it was saved, not rebooted
+            dom = conn.lookupByName("small-nic")
+            assert dom.isActive()
+            live = dom.XMLDesc()
+            assert f"<mac address='{new_mac}'/>" in live
+        finally:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    finally:
+        conn.close()
+
+
+def test_resume_cmd_of_a_libvirt_image_is_virsh_restore(tmp_path):
+    image = tmp_path / "vm.save"
+    from test_containers import fake_stream, libvirt_image  # synthetic: only the header is read
+
+    image.write_bytes(libvirt_image(fake_stream(), compressed=1))
+    out = _run_vmstate("resume-cmd", str(image))
+    assert out.returncode == 0, out.stderr
+    assert f"  virsh restore {image}\n" in out.stdout, out.stdout
+    js = _run_vmstate("resume-cmd", str(image), "--json")
+    assert '"virsh",' in js.stdout and '"restore",' in js.stdout, js.stdout
