@@ -374,3 +374,33 @@ def test_resume_cmd_of_a_libvirt_image_is_virsh_restore(tmp_path):
     assert f"  virsh restore {image}\n" in out.stdout, out.stdout
     js = _run_vmstate("resume-cmd", str(image), "--json")
     assert '"virsh",' in js.stdout and '"restore",' in js.stdout, js.stdout
+
+
+def test_gdb_save_of_a_compressed_image_writes_a_raw_libvirt_image(compressed_image, tmp_path):
+    """vmstate-save in gdb after a memory write: a libvirt image with compressed 0, the edit in it."""
+    import struct
+    import subprocess
+
+    from guestinfo import ROOT, small_symbols
+
+    fmt, image = compressed_image
+    if fmt != "gzip":
+        pytest.skip("one format is enough: the writer takes the decompressed stream of every format")
+    note = small_symbols()["guest_note"]
+    out = tmp_path / "edited.save"
+    proc = subprocess.run(
+        [
+            "/usr/bin/gdb", "-nx", "-batch", "-x", str(ROOT / "vmstate.gdb"),
+            "-ex", f"vmstate-open {image}",
+            "-ex", f"set {{char[9]}} {note:#x} = \"from gdb\"",
+            "-ex", f"vmstate-save {out}",
+        ],
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text and f"wrote {out} (libvirt" in text, text
+    data = out.read_bytes()
+    assert data[:16] == b"LibvirtQemudSave" and struct.unpack_from("<I", data, 28)[0] == 0
+    assert image.read_bytes()[92:1000] == data[92:1000]  # the same XML
+    read = _run_vmstate("read", str(out), hex(note), "9", "--raw")
+    assert read.returncode == 0 and read.stdout == "from gdb\0", read.stderr
