@@ -404,3 +404,37 @@ def test_gdb_save_of_a_compressed_image_writes_a_raw_libvirt_image(compressed_im
     assert image.read_bytes()[92:1000] == data[92:1000]  # the same XML
     read = _run_vmstate("read", str(out), hex(note), "9", "--raw")
     assert read.returncode == 0 and read.stdout == "from gdb\0", read.stderr
+
+
+def test_managed_save_opens(libvirtd):
+    """virDomain.managedSave (virsh managedsave): the image lands in the daemon's save dir as
+    NAME.save; vmstate info reads it; starting the domain again resumes it (TICKs go on)."""
+    import libvirt
+
+    conn = libvirt.open(libvirtd.uri)
+    try:
+        xml, console = small_domain_xml(libvirtd, "small-managed")
+        dom = conn.defineXML(xml)
+        try:
+            dom.create()
+            wait_for(console, r"^TICK 2 ")
+            last = max(map(int, re.findall(r"^TICK (\d+) ", console.read_text(errors="replace"), re.M)))
+            dom.managedSave(0)
+            assert not dom.isActive() and dom.hasManagedSaveImage(0)
+            found = list(libvirtd.root.glob("**/qemu/save/small-managed.save"))
+            assert len(found) == 1, list(libvirtd.root.glob("**/*.save"))
+            out = _run_vmstate("info", str(found[0]), env={"VMSTATE_INDEX_CACHE": "off"})
+            assert out.returncode == 0, out.stderr
+            assert "QEMU snapshot (libvirt)" in out.stdout and "pc.ram" in out.stdout, out.stdout
+            assert "<name>small-managed</name>" in _run_vmstate("info", str(found[0]), "--json").stdout
+            dom.create()  # from the managed save image
+            text = wait_for(console, r"^TICK \d+ ", timeout=60)
+            assert int(re.search(r"^TICK (\d+) ", text, re.M)[1]) > last
+        finally:
+            if dom.isActive():
+                dom.destroy()
+            if dom.hasManagedSaveImage(0):
+                dom.managedSaveRemove(0)
+            dom.undefine()
+    finally:
+        conn.close()
