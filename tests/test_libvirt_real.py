@@ -438,3 +438,49 @@ def test_managed_save_opens(libvirtd):
             dom.undefine()
     finally:
         conn.close()
+
+
+DISK_XML = (
+    "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+    "<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>\n"
+    "    <memballoon model='none'/>"
+)
+
+
+def test_internal_snapshot_of_a_qcow2_domain_lists_and_opens(libvirtd):
+    """snapshot-create-as on a running domain with a qcow2 disk (libvirt's internal snapshot: QEMU's
+    savevm into the disk): vmstate snapshots lists what libvirt lists, vmstate info opens it."""
+    import json
+    import subprocess
+
+    import libvirt
+
+    disk = libvirtd.root / "small-snap.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    disk.chmod(0o666)
+    conn = libvirt.open(libvirtd.uri)
+    try:
+        xml, console = small_domain_xml(libvirtd, "small-snap")
+        dom = conn.defineXML(xml.replace("<memballoon model='none'/>", DISK_XML.format(disk=disk)))
+        try:
+            dom.create()
+            wait_for(console, r"^TICK 2 ")
+            for name in ("first", "second"):
+                dom.snapshotCreateXML(f"<domainsnapshot><name>{name}</name></domainsnapshot>", 0)
+            assert sorted(dom.snapshotListNames(0)) == ["first", "second"]
+            dom.destroy()  # QEMU lets go of the image: its snapshot table is final
+            listed = _run_vmstate("snapshots", str(disk), "--json")
+            assert listed.returncode == 0, listed.stderr
+            rows = json.loads(listed.stdout)
+            assert [r["name"] for r in rows] == ["first", "second"], rows
+            info = _run_vmstate("info", str(disk), "-s", "first", env={"VMSTATE_INDEX_CACHE": "off"})
+            assert info.returncode == 0, info.stderr
+            assert "QEMU snapshot (qcow2)" in info.stdout and "pc.ram" in info.stdout, info.stdout
+        finally:
+            if dom.isActive():
+                dom.destroy()
+            for snap in dom.listAllSnapshots(0):
+                snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+            dom.undefine()
+    finally:
+        conn.close()
