@@ -476,6 +476,17 @@ def test_internal_snapshot_of_a_qcow2_domain_lists_and_opens(libvirtd):
             info = _run_vmstate("info", str(disk), "-s", "first", env={"VMSTATE_INDEX_CACHE": "off"})
             assert info.returncode == 0, info.stderr
             assert "QEMU snapshot (qcow2)" in info.stdout and "pc.ram" in info.stdout, info.stdout
+            by_domain = _run_vmstate("snapshots", "--connect", libvirtd.uri, "small-snap", "--json")
+            assert by_domain.returncode == 0, by_domain.stderr
+            got = json.loads(by_domain.stdout)
+            assert got["libvirt_snapshots"] == ["first", "second"]
+            assert [(d["target"], d["path"]) for d in got["disks"]] == [("vda", str(disk))]
+            assert [r["name"] for r in got["disks"][0]["snapshots"]] == ["first", "second"]
+            text = _run_vmstate("snapshots", "-c", libvirtd.uri, "small-snap").stdout
+            assert "libvirt snapshots first, second" in text and f"vda: {disk}" in text, text
+            missing = _run_vmstate("snapshots", "-c", libvirtd.uri, "no-such-domain")
+            assert missing.returncode == 1 and missing.stderr.count("\n") == 1, missing.stderr
+            assert "no-such-domain" in missing.stderr and "Traceback" not in missing.stderr
         finally:
             if dom.isActive():
                 dom.destroy()
