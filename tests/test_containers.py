@@ -821,3 +821,50 @@ def test_a_fifo_is_refused_at_once(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(FormatError, match="not a regular file"):
         open_source(str(fifo))
+
+
+@pytest.mark.unit
+def test_libvirt_decompression_progress_on_a_terminal_only(tmp_path, monkeypatch):
+    import gzip
+    import io
+
+    from vmstate_gdb.progress import Progress
+
+    monkeypatch.setenv("VMSTATE_INDEX_CACHE", "off")
+    p = write(tmp_path, "vm.save", libvirt_image(gzip.compress(fake_stream()), compressed=1))
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown, batch = Terminal(), io.StringIO()
+    for out in (shown, batch):
+        progress = Progress("decompressing vm.save", stream=out, min_total=0)
+        with open_source(p, progress=progress):
+            pass
+        progress.done()
+    assert "decompressing vm.save: 100%" in shown.getvalue() and batch.getvalue() == ""
+
+
+@pytest.mark.unit
+def test_libvirt_stream_cache_entry_is_reused_and_follows_the_image(tmp_path, monkeypatch):
+    import gzip
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VMSTATE_INDEX_CACHE", str(cache))
+    p = write(tmp_path, "vm.save", libvirt_image(gzip.compress(fake_stream()), compressed=1))
+    old = time.time() - 3600
+    os.utime(p, (old, old))
+    with open_source(p) as src:
+        first = src.describe()["decompressed_to"]
+    with open_source(p) as src:
+        assert src.describe()["decompressed_to"] == first and first.startswith(f"cache file {cache}/streams/")
+    write(tmp_path, "vm.save", libvirt_image(gzip.compress(fake_stream(2000)), compressed=1))
+    os.utime(p, (old + 10, old + 10))
+    with open_source(p) as src:  # a changed image: a new entry, never the stale one
+        assert src.describe()["decompressed_to"] != first and src.size == len(fake_stream(2000))
+    just_written = write(tmp_path, "new.save", libvirt_image(gzip.compress(fake_stream()), compressed=1))
+    with open_source(just_written) as src:  # modified seconds ago: not cached (git's racy rule)
+        assert src.describe()["decompressed_to"].startswith("temporary file")
