@@ -427,6 +427,8 @@ def test_managed_save_opens(libvirtd):
             assert out.returncode == 0, out.stderr
             assert "QEMU snapshot (libvirt)" in out.stdout and "pc.ram" in out.stdout, out.stdout
             assert "<name>small-managed</name>" in _run_vmstate("info", str(found[0]), "--json").stdout
+            cmd = _run_vmstate("resume-cmd", str(found[0]))
+            assert "  virsh start small-managed\n" in cmd.stdout, cmd.stdout + cmd.stderr
             dom.create()  # from the managed save image
             text = wait_for(console, r"^TICK \d+ ", timeout=60)
             assert int(re.search(r"^TICK (\d+) ", text, re.M)[1]) > last

@@ -146,7 +146,20 @@ class ResumePlan:
 def plan_libvirt_restore(snapshot_path: str, was_running: bool, name: str | None = None) -> ResumePlan:
     """A libvirt save image is resumed by libvirt, which builds QEMU's command line from the XML in
     the image's header (``virsh restore``); QEMU's own command line does not apply."""
-    plan = ResumePlan(["virsh", "restore", os.path.abspath(snapshot_path)], runs_at_once=was_running)
+    path = os.path.abspath(snapshot_path)
+    if (
+        os.path.basename(os.path.dirname(path)) == "save"
+        and name
+        and os.path.basename(path) == f"{name}.save"
+    ):
+        # libvirt's managed save (…/qemu/save/NAME.save): starting the domain resumes it, and libvirt
+        # removes the image; a `virsh restore` of it would leave libvirt's record of it behind
+        return ResumePlan(
+            ["virsh", "start", name],
+            runs_at_once=was_running,
+            notes=["a managed save image: starting the domain resumes it (add -c URI for its daemon)"],
+        )
+    plan = ResumePlan(["virsh", "restore", path], runs_at_once=was_running)
     if not was_running:
         plan.notes.append(
             "the domain was paused when saved: it stays paused; continue it with "
