@@ -280,14 +280,43 @@ def test_libvirt_unpadded_v1(tmp_path):
         assert src.read(0, 8) == QEVM and src.describe()["was_running"] is False
 
 
+def _compress(name: str, data: bytes) -> bytes:
+    import bz2
+    import gzip
+    import lzma
+    import shutil
+    import subprocess
+
+    if name in ("lzop", "zstd"):
+        if shutil.which(name) is None:
+            pytest.skip(f"{name} not installed")
+        return subprocess.run([name, "-c"], input=data, capture_output=True, check=True).stdout
+    return {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[name](data)
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize("code, name", [(1, "gzip"), (2, "bzip2"), (3, "xz"), (4, "lzop"), (5, "zstd")])
-def test_libvirt_compressed(tmp_path, code, name):
-    p = write(tmp_path, "vm.save", libvirt_image(b"\x00" * 100, compressed=code))
-    with pytest.raises(UnsupportedError) as ei:
+def test_libvirt_compressed(tmp_path, monkeypatch, code, name):
+    """A compressed image is served from its decompressed stream; damage is one FormatError."""
+    monkeypatch.setenv("VMSTATE_INDEX_CACHE", "off")
+    stream = fake_stream()
+    packed = _compress(name, stream)
+    p = write(tmp_path, "vm.save", libvirt_image(packed, compressed=code))
+    with open_source(p) as src:
+        assert src.size == len(stream) and src.read(0, len(stream)) == stream
+        assert src.describe()["decompressed_to"].startswith("temporary file")
+    p = write(tmp_path, "cut.save", libvirt_image(packed[: len(packed) // 2], compressed=code))
+    with pytest.raises(FormatError, match=f"{name} stream is (truncated|corrupt)") as ei:
         open_source(p)
-    msg = one_line(ei.value)
-    assert f"{name}-compressed" in msg and "tail -c +4097" in msg and "at byte 0x1c" in msg
+    assert one_line(ei.value).startswith(p)
+
+
+@pytest.mark.unit
+def test_libvirt_unknown_compression(tmp_path):
+    p = write(tmp_path, "vm.save", libvirt_image(b"\x00" * 100, compressed=9))
+    with pytest.raises(UnsupportedError, match="unknown compression format 9") as ei:
+        open_source(p)
+    assert "at byte 0x1c" in one_line(ei.value)
 
 
 @pytest.mark.unit
@@ -792,3 +821,50 @@ def test_a_fifo_is_refused_at_once(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(FormatError, match="not a regular file"):
         open_source(str(fifo))
+
+
+@pytest.mark.unit
+def test_libvirt_decompression_progress_on_a_terminal_only(tmp_path, monkeypatch):
+    import gzip
+    import io
+
+    from vmstate_gdb.progress import Progress
+
+    monkeypatch.setenv("VMSTATE_INDEX_CACHE", "off")
+    p = write(tmp_path, "vm.save", libvirt_image(gzip.compress(fake_stream()), compressed=1))
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown, batch = Terminal(), io.StringIO()
+    for out in (shown, batch):
+        progress = Progress("decompressing vm.save", stream=out, min_total=0)
+        with open_source(p, progress=progress):
+            pass
+        progress.done()
+    assert "decompressing vm.save: 100%" in shown.getvalue() and batch.getvalue() == ""
+
+
+@pytest.mark.unit
+def test_libvirt_stream_cache_entry_is_reused_and_follows_the_image(tmp_path, monkeypatch):
+    import gzip
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VMSTATE_INDEX_CACHE", str(cache))
+    p = write(tmp_path, "vm.save", libvirt_image(gzip.compress(fake_stream()), compressed=1))
+    old = time.time() - 3600
+    os.utime(p, (old, old))
+    with open_source(p) as src:
+        first = src.describe()["decompressed_to"]
+    with open_source(p) as src:
+        assert src.describe()["decompressed_to"] == first and first.startswith(f"cache file {cache}/streams/")
+    write(tmp_path, "vm.save", libvirt_image(gzip.compress(fake_stream(2000)), compressed=1))
+    os.utime(p, (old + 10, old + 10))
+    with open_source(p) as src:  # a changed image: a new entry, never the stale one
+        assert src.describe()["decompressed_to"] != first and src.size == len(fake_stream(2000))
+    just_written = write(tmp_path, "new.save", libvirt_image(gzip.compress(fake_stream()), compressed=1))
+    with open_source(just_written) as src:  # modified seconds ago: not cached (git's racy rule)
+        assert src.describe()["decompressed_to"].startswith("temporary file")

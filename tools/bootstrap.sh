@@ -14,7 +14,9 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 # xfsprogs: the reflink save test and benchmark make an XFS on a loop image
 # libvirt-*, python3-libvirt: the libvirt tests run their own daemon (issue 12); the binding is
 # Debian's (built against the same libvirt as the daemon), linked into the venv below
-APT_PACKAGES="qemu-system-x86 qemu-system-arm qemu-utils gdb gdb-multiarch busybox-static python3-venv python3-pip gcc libc6-dev make binutils gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu xz-utils cpio bpftool xfsprogs libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients python3-libvirt"
+# gzip bzip2 lzop zstd: the compressors of save_image_format (xz-utils above); lzop and zstd are also
+# the decompressors vmstate uses for those images (Python has modules only for gzip, bzip2, xz)
+APT_PACKAGES="qemu-system-x86 qemu-system-arm qemu-utils gdb gdb-multiarch busybox-static python3-venv python3-pip gcc libc6-dev make binutils gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu xz-utils cpio bpftool xfsprogs libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients python3-libvirt gzip bzip2 lzop zstd"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

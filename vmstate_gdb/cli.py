@@ -38,14 +38,19 @@ def _open(args) -> Snapshot:
     from .snapshot import open_snapshot
 
     progress = Progress(f"opening {args.snap}", enabled=None if not args.quiet else False)
-    snap = open_snapshot(
-        args.snap,
-        snapshot=args.snapshot,
-        offset=args.offset,
-        max_ram_below_4g=args.max_ram_below_4g,
-        progress=progress,
-    )
-    progress.done()
+    unpacking = Progress(f"decompressing {args.snap}", enabled=None if not args.quiet else False)
+    try:
+        snap = open_snapshot(
+            args.snap,
+            snapshot=args.snapshot,
+            offset=args.offset,
+            max_ram_below_4g=args.max_ram_below_4g,
+            progress=progress,
+            decompress_progress=unpacking,
+        )
+    finally:
+        unpacking.done()
+        progress.done()
     return snap
 
 
@@ -94,6 +99,16 @@ def cmd_info(args) -> int:
             f"{'; ' + ', '.join(data['commands']) if data['commands'] else ''}"
             f"{'; no VMDESCRIPTION' if not data['vmdesc'] else ''}",
         ]
+        container = data["container"]
+        if container["kind"] == "libvirt":
+            lines.append(
+                f"  libvirt image version {container['libvirt_version']}, {container['compression']}"
+                + (
+                    f"; stream decompressed to {container['decompressed_to']}"
+                    if "decompressed_to" in container
+                    else ""
+                )
+            )
         lines.append("  RAM blocks")
         for b in data["ram_blocks"]:
             lines.append(
@@ -264,8 +279,36 @@ def cmd_translate(args) -> int:
 def cmd_snapshots(args) -> int:
     from .containers import list_snapshots
 
+    if args.connect is not None or args.domain:
+        return _domain_snapshots(args)
     snaps = list_snapshots(args.snap)
     data = [s.as_dict() for s in snaps]
+    _emit(args, data, "\n".join(_snapshot_table(snaps)))
+    return 0
+
+
+def _domain_snapshots(args) -> int:
+    """--domain: the snapshots of a libvirt domain, disk by disk (SNAP is the domain's name)."""
+    from .containers import list_snapshots
+    from .containers.libvirt_domain import domain_snapshot_disks
+
+    disks, known = domain_snapshot_disks(args.connect, args.snap)
+    data = {"domain": args.snap, "libvirt_snapshots": known, "disks": []}
+    lines = [f"domain {args.snap}: libvirt snapshots {', '.join(known) or '(none)'}"]
+    if not disks:
+        lines.append("  no qcow2 file disk: internal snapshots need one")
+    for disk in disks:
+        snaps = list_snapshots(disk.path)
+        data["disks"].append(
+            {"target": disk.target, "path": disk.path, "snapshots": [s.as_dict() for s in snaps]}
+        )
+        lines.append(f"{disk.target}: {disk.path}")
+        lines += ["  " + line for line in _snapshot_table(snaps)]
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def _snapshot_table(snaps) -> list[str]:
     lines = [f"{'ID':<6}{'TAG':<24}{'VM SIZE':>12}  {'DATE':<19}  VM CLOCK"]
     for s in snaps:
         clock = s.vm_clock_nsec // 10**6
@@ -274,8 +317,7 @@ def cmd_snapshots(args) -> int:
             f"{s.id:<6}{s.name:<24}{_human(s.vm_state_size) if s.vm_state_size else '0':>12}  "
             f"{s.date.strftime('%Y-%m-%d %H:%M:%S')}  {hms}"
         )
-    _emit(args, data, "\n".join(lines))
-    return 0
+    return lines
 
 
 def cmd_nics(args) -> int:
@@ -339,7 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="The snapshot table of a qcow2 image, as `qemu-img snapshot -l` shows it; "
         "disk-only snapshots have VM SIZE 0 and cannot be opened.",
     )
-    sp.add_argument("snap", metavar="IMAGE", help="a qcow2 image")
+    sp.add_argument("snap", metavar="IMAGE", help="a qcow2 image (with --domain: a libvirt domain's name)")
+    sp.add_argument(
+        "--domain",
+        action="store_true",
+        help="IMAGE names a libvirt domain: list the snapshots in each of its qcow2 disks",
+    )
+    sp.add_argument("-c", "--connect", metavar="URI", help="libvirt URI for --domain (implies it)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_snapshots)
     _register_optional(sub)

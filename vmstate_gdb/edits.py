@@ -22,6 +22,8 @@ class EditOverlay:
     patches: list[StreamPatch] = field(default_factory=list)
     generation: int = 0  # bumped on every change, so caches above can tell
     patch_generation: int = 0  # bumped when stream patches change (vCPU and device state)
+    # NIC MACs changed, first old -> newest: a libvirt image's domain XML must follow them
+    macs: dict[bytes, bytes] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.pages or self.patches)
@@ -61,6 +63,7 @@ class EditOverlay:
     def clear(self) -> None:
         self.pages.clear()
         self.patches.clear()
+        self.macs.clear()
         self.generation += 1
         self.patch_generation += 1
 

@@ -90,6 +90,27 @@ def source_key(source: StreamSource) -> bytes | None:
     return h.hexdigest().encode()
 
 
+def settled_file_key(path: str, what: str) -> bytes | None:
+    """A key for something derived from the whole file ``path`` (its decompressed stream), made as
+    :func:`source_key` makes one: identity, ``what``, first and last 64 KiB. None: do not cache."""
+    if cache_dir() is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or time.time_ns() - st.st_mtime_ns < _SETTLED_NS:
+                return None
+            h = hashlib.sha256(
+                f"{os.path.realpath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{what}".encode()
+            )
+            h.update(f.read(_SAMPLE))
+            f.seek(max(0, st.st_size - _SAMPLE))
+            h.update(f.read(_SAMPLE))
+    except OSError:
+        return None
+    return h.hexdigest().encode()
+
+
 def _entry(key: bytes) -> Path | None:
     d = cache_dir()
     return None if d is None else d / (key[:40].decode() + ".idx")
@@ -235,14 +256,20 @@ def _write_tail(fd: int, at: int, key: bytes, meta: bytes) -> None:
     os.pwrite(fd, key + meta + footer, at)
 
 
-def _evict(directory: Path, limit: int) -> None:
-    """Remove the least recently used entries until the cache holds at most ``limit`` bytes."""
+def _evict(directory: Path, limit: int, pattern: str = "*.idx", keep: Path | None = None) -> None:
+    """Remove the least recently used entries until the cache holds at most ``limit`` bytes
+    (``keep``, the entry just made, stays)."""
     entries = []
-    for p in directory.glob("*.idx"):
+    for p in directory.glob(pattern):
+        if p == keep:
+            continue
         with contextlib.suppress(OSError):
             st = p.stat()
             entries.append((st.st_mtime_ns, st.st_size, p))
     total = sum(size for _, size, _ in entries)
+    if keep is not None:
+        with contextlib.suppress(OSError):
+            total += keep.stat().st_size
     for _, size, p in sorted(entries):
         if total <= limit:
             break

@@ -74,3 +74,6 @@ def apply_mac_change(snap: Snapshot, change: MacChange) -> None:
         snap.edits.patch(offset, data, what)
     for address in change.memory_hits:
         snap.physical.write(address, change.new)
+    if change.old != change.new:
+        first = next((k for k, v in snap.edits.macs.items() if v == change.old), change.old)
+        snap.edits.macs[first] = change.new

@@ -121,6 +121,11 @@ class ResumePlan:
     runs_at_once: bool = False
 
     def text(self, kind: str, snapshot_path: str) -> str:
+        if kind == "libvirt" and self.argv is not None:
+            lines = ["to resume (libvirt builds QEMU's command line from the image's XML):"]
+            lines += ["  " + shlex.join(self.argv)]
+            lines += [f"  note: {n}" for n in self.notes]
+            return "\n".join(lines)
         if self.argv is None:
             how = (
                 f"start QEMU with the VM's own options plus -loadvm TAG on {snapshot_path}"
@@ -136,6 +141,33 @@ class ResumePlan:
             lines.append("  the VM runs on as soon as it is loaded")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def plan_libvirt_restore(snapshot_path: str, was_running: bool, name: str | None = None) -> ResumePlan:
+    """A libvirt save image is resumed by libvirt, which builds QEMU's command line from the XML in
+    the image's header (``virsh restore``); QEMU's own command line does not apply."""
+    path = os.path.abspath(snapshot_path)
+    if (
+        os.path.basename(os.path.dirname(path)) == "save"
+        and name
+        and os.path.basename(path) == f"{name}.save"
+    ):
+        # libvirt's managed save (…/qemu/save/NAME.save): starting the domain resumes it, and libvirt
+        # removes the image; a `virsh restore` of it would leave libvirt's record of it behind
+        return ResumePlan(
+            ["virsh", "start", name],
+            runs_at_once=was_running,
+            notes=["a managed save image: starting the domain resumes it (add -c URI for its daemon)"],
+        )
+    plan = ResumePlan(["virsh", "restore", path], runs_at_once=was_running)
+    if not was_running:
+        plan.notes.append(
+            "the domain was paused when saved: it stays paused; continue it with "
+            f"'virsh resume {name or 'DOMAIN'}'"
+        )
+    plan.notes.append("add -c URI to reach the daemon that should run it (default: virsh's own)")
+    plan.notes.append("a domain of the same name and UUID must not be running already")
+    return plan
 
 
 def plan_resume(

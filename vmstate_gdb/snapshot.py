@@ -67,9 +67,11 @@ class Snapshot:
         max_ram_below_4g: int | None = None,
         progress: Progress | None = None,
         cache: bool = True,
+        decompress_progress: Progress | None = None,
     ) -> Snapshot:
-        """``cache``: take the index from, and keep it in, the user's index cache (:mod:`.index_cache`)."""
-        source = open_source(path, snapshot, offset)
+        """``cache``: take the index from, and keep it in, the user's index cache (:mod:`.index_cache`).
+        ``decompress_progress``: follows the decompression of a compressed libvirt image."""
+        source = open_source(path, snapshot, offset, progress=decompress_progress)
         try:
             view = source.view()
             buf = view if view is not None else _SourceBuffer(source)

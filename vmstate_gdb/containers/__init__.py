@@ -81,11 +81,14 @@ def _sniff(path: str):
         raise
 
 
-def open_source(path: str, snapshot: str | None = None, offset: int | None = None) -> StreamSource:
+def open_source(
+    path: str, snapshot: str | None = None, offset: int | None = None, progress=None
+) -> StreamSource:
     """Open ``path`` by its magic: a migration stream, a libvirt save image or a qcow2 snapshot.
 
     ``snapshot`` picks a qcow2 snapshot by id or name (default: the newest with VM state).
     ``offset`` says the stream starts at that byte of a plain file (``migrate file:F,offset=N``).
+    ``progress(done, total)`` follows the decompression of a compressed libvirt image.
     Every failure is a :class:`~vmstate_gdb.errors.VmstateError` naming the file.
     """
     from ..errors import UnsupportedError
@@ -110,7 +113,7 @@ def open_source(path: str, snapshot: str | None = None, offset: int | None = Non
         if kind == "stream":
             return PlainStream(path, 0, mapped=f)
         if kind == "libvirt":
-            return LibvirtSave(path, mapped=f)
+            return LibvirtSave(path, mapped=f, progress=progress)
         return Qcow2VmState(path, snapshot, mapped=f)
     except BaseException:
         f.close()

@@ -29,13 +29,17 @@ def _open_error(path: str, exc: OSError) -> FormatError:
 class MappedFile:
     """``path`` mapped read-only. Nothing is loaded; pages come in as they are touched."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, fd: int | None = None):
+        """``fd``: map this open file instead (an unlinked temporary file); ``path`` names it in
+        errors. The caller keeps ``fd`` and closes it."""
         self.path = path
-        try:
-            # O_NONBLOCK: opening a FIFO must not wait for a writer; the type check below refuses it
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK)
-        except OSError as exc:
-            raise _open_error(path, exc) from None
+        own = fd is None
+        if fd is None:
+            try:
+                # O_NONBLOCK: opening a FIFO must not wait for a writer; the type check below refuses it
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK)
+            except OSError as exc:
+                raise _open_error(path, exc) from None
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -52,7 +56,8 @@ class MappedFile:
             except (OSError, ValueError) as exc:
                 raise FormatError(f"cannot memory-map the file: {exc}", path) from None
         finally:
-            os.close(fd)
+            if own:
+                os.close(fd)
         self.size = size
 
     @property

@@ -18,6 +18,7 @@ import struct
 
 from ..errors import FormatError, UnsupportedError
 from ._mapped import MappedFile
+from .decompress import Decompressed, decompress
 from .plain import QEVM_MAGIC, PlainStream, check_qevm
 
 MAGIC = b"LibvirtQemudSave"
@@ -27,13 +28,6 @@ MAX_DATA_LEN = 64 << 20  # libvirt itself refuses much smaller XML; this only gu
 STREAM_SCAN_WINDOW = 1 << 20
 
 COMPRESSION = {0: "raw", 1: "gzip", 2: "bzip2", 3: "xz", 4: "lzop", 5: "zstd"}
-_DECOMPRESS = {
-    "gzip": "gzip -dc",
-    "bzip2": "bzip2 -dc",
-    "xz": "xz -dc",
-    "lzop": "lzop -dc",
-    "zstd": "zstd -dc",
-}
 
 
 def _decode(raw: bytes) -> str:
@@ -93,27 +87,34 @@ class LibvirtHeader:
 
 
 class LibvirtSave(PlainStream):
-    """The raw QEMU stream inside a libvirt save image."""
+    """The QEMU stream inside a libvirt save image; a compressed one is decompressed first
+    (:mod:`.decompress`) and served from that file, so stream offsets are not image offsets then."""
 
-    def __init__(self, path: str, *, mapped: MappedFile | None = None):
+    def __init__(self, path: str, *, mapped: MappedFile | None = None, progress=None):
         f = mapped if mapped is not None else MappedFile(path)
+        self.decompressed: Decompressed | None = None
         try:
             hdr = LibvirtHeader(f)
             if hdr.compressed != 0:
-                name = hdr.compression
-                tool = _DECOMPRESS.get(name)
-                hint = (
-                    f"decompress it with: tail -c +{hdr.data_end + 1} {path} | {tool} > vm.mig"
-                    " and open vm.mig"
-                    if tool
-                    else "this build reads only raw (uncompressed) images"
-                )
-                raise UnsupportedError(
-                    f"libvirt save image stream is {name}-compressed (format {hdr.compressed}); {hint}; or "
-                    're-save uncompressed (save_image_format = "raw" in /etc/libvirt/qemu.conf)',
-                    path,
-                    28,
-                )
+                name = COMPRESSION.get(hdr.compressed)
+                if name is None:
+                    raise UnsupportedError(
+                        f"libvirt save image stream has unknown compression format {hdr.compressed}"
+                        " (0 raw, 1 gzip, 2 bzip2, 3 xz, 4 lzop, 5 zstd are known)",
+                        path,
+                        28,
+                    )
+                if hdr.data_end >= f.size:
+                    raise FormatError(
+                        f"libvirt save image ends after its XML: no {name} stream follows", path, hdr.data_end
+                    )
+                f.close()
+                self.decompressed = d = decompress(path, hdr.data_end, name, progress)
+                f = MappedFile(path, d.fd) if d.path is None else MappedFile(d.path)
+                f.path = path  # errors name the user's image
+                super().__init__(path, 0, mapped=f, kind="libvirt")
+                self.header = hdr
+                return
             start = f.find(QEVM_MAGIC, hdr.data_end, hdr.data_end + STREAM_SCAN_WINDOW)
             if start < 0:
                 got = (
@@ -126,8 +127,20 @@ class LibvirtSave(PlainStream):
             super().__init__(path, start, mapped=f, kind="libvirt")
         except BaseException:
             f.close()
+            if self.decompressed is not None:
+                self.decompressed.close()
             raise
         self.header = hdr
+
+    def open_stream_file(self):
+        if self.decompressed is not None:
+            return self.decompressed.open()
+        return super().open_stream_file()
+
+    def close(self) -> None:
+        super().close()
+        if self.decompressed is not None:
+            self.decompressed.close()
 
     def describe(self) -> dict:
         d = super().describe()
@@ -141,4 +154,6 @@ class LibvirtSave(PlainStream):
             compression=h.compression,
             data_len=h.data_len,
         )
+        if self.decompressed is not None:
+            d.update(decompressed_to=self.decompressed.where, stream_offset=None)
         return d

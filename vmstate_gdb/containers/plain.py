@@ -76,6 +76,11 @@ class PlainStream:
             )
         return self.base + offset
 
+    def open_stream_file(self):
+        """The file holding the stream's bytes at :meth:`file_offset`, opened for reading (the
+        writer copies from it in the kernel)."""
+        return open(self.path, "rb")
+
     def release(self, offset: int, length: int) -> None:
         self._file.release(self.base + offset, length)
 

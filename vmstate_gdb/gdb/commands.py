@@ -337,10 +337,11 @@ class VmstateRevert(gdb.Command):
 
 
 class VmstateSave(gdb.Command):
-    """Write a new snapshot with the pending edits: vmstate-save OUT [--format stream|qcow2]
+    """Write a new snapshot with the pending edits: vmstate-save OUT [--format stream|qcow2|libvirt]
 
-    OUT is of the same kind as the input (stream or qcow2) unless --format says otherwise
-    (a qcow2 snapshot's state as a standalone stream); the input file is never written."""
+    OUT is of the same kind as the input (stream, qcow2 or libvirt save image, written uncompressed
+    with its XML's MACs updated) unless --format says otherwise (a qcow2 snapshot's or a libvirt
+    image's state as a standalone stream); the input file is never written."""
 
     command_name = "vmstate-save"
 
@@ -351,8 +352,8 @@ class VmstateSave(gdb.Command):
     def invoke(self, arg, from_tty):
         args = _argv(arg)
         fmt = _take_option(args, ("--format", "-f"), "vmstate-save")
-        if len(args) != 1 or fmt not in (None, "stream", "qcow2"):
-            raise gdb.GdbError("usage: vmstate-save OUT [--format stream|qcow2]")
+        if len(args) != 1 or fmt not in (None, "stream", "qcow2", "libvirt"):
+            raise gdb.GdbError("usage: vmstate-save OUT [--format stream|qcow2|libvirt]")
         out = os.path.abspath(os.path.expanduser(args[0]))
         shown = _progress(f"saving {args[0]}", from_tty)
         # over the side channel, whose progress lines also keep a many-GiB save's connection alive

@@ -87,7 +87,9 @@ def run(args) -> int:
 
         progress = ProgressLines(lambda done, total: print(f"progress {done} {total}", flush=True))
     try:
-        snap = open_snapshot(args.snap, snapshot=args.snapshot, progress=progress)
+        snap = open_snapshot(
+            args.snap, snapshot=args.snapshot, progress=progress, decompress_progress=progress
+        )
         if not snap.cpus:  # decoded now, so a corrupt vCPU is this one clear line, not a crash later
             snap.cpu(0)
     except VmstateError as e:

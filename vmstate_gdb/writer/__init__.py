@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 @dataclass
 class SaveResult:
     path: str
-    format: str  # "stream" | "qcow2"
+    format: str  # "stream" | "qcow2" | "libvirt"
     plan: Plan
     size: int
     snapshot_name: str | None = None
@@ -55,12 +55,12 @@ def save(
     snapshot_name: str | None = None,
 ) -> SaveResult:
     """Write ``snap`` with its edits to ``out``: same kind as the input unless ``fmt`` says
-    "stream" (a standalone migration stream) or "qcow2"."""
+    "stream" (a standalone migration stream), "qcow2" or "libvirt" (a save image, uncompressed)."""
     check_output_path(snap, out)
     kind = snap.source.kind
-    fmt = fmt or ("qcow2" if kind == "qcow2" else "stream")
-    if fmt not in ("stream", "qcow2"):
-        raise SaveError(f"unknown output format {fmt!r} (stream or qcow2)", out)
+    fmt = fmt or (kind if kind in ("qcow2", "libvirt") else "stream")
+    if fmt not in ("stream", "qcow2", "libvirt"):
+        raise SaveError(f"unknown output format {fmt!r} (stream, qcow2 or libvirt)", out)
     try:
         plan = make_plan(snap)
     except ValueError as e:
@@ -72,8 +72,41 @@ def save(
 
         name, size = save_qcow2(snap, plan, out, snapshot_name, progress)
         return SaveResult(out, "qcow2", plan, size, name)
-    size = _save_stream(snap, plan, out, progress, keep_prefix=(kind != "qcow2"))
+    if fmt == "libvirt":
+        if kind != "libvirt":
+            raise SaveError(
+                "a libvirt output needs a libvirt input (its header and domain XML); use --format stream",
+                out,
+            )
+        return SaveResult(out, "libvirt", plan, _save_libvirt(snap, plan, out, progress))
+    # a plain file's bytes before the stream (file:f,offset=N) are kept; a libvirt header is not
+    size = _save_stream(snap, plan, out, progress, keep_prefix=(kind == "stream"))
     return SaveResult(out, "stream", plan, size)
+
+
+def _save_libvirt(snap: Snapshot, plan: Plan, out: str, progress) -> int:
+    """A libvirt image: a rebuilt header and XML (MACs updated, compressed 0), the edited stream."""
+    from ..devices.nics import format_mac
+    from .libvirt import build_header, edited_xml
+
+    source = snap.source
+    header = source.header
+    macs = {format_mac(old): format_mac(new) for old, new in snap.edits.macs.items()}
+    prefix = build_header(header, edited_xml(header.xml, macs))
+    raw_in_place = getattr(source, "decompressed", None) is None and source.file_offset(0) == len(prefix)
+    try:
+        with AtomicOutput(out) as dst:
+            if raw_in_place:  # same layout as the input: its bytes (a clone where possible), new header
+                size = write_edited_stream(snap, plan, dst, progress, keep_prefix=True)
+                dst.flush()
+                os.pwrite(dst.fileno(), prefix, 0)
+                return size
+            dst.write(prefix)
+            return len(prefix) + write_edited_stream(snap, plan, dst, progress, keep_prefix=False)
+    except VmstateError:
+        raise
+    except OSError as e:
+        raise SaveError(f"cannot write: {e.strerror or e}", out) from None
 
 
 def _save_stream(snap: Snapshot, plan: Plan, out: str, progress, keep_prefix: bool) -> int:
@@ -90,7 +123,8 @@ def write_edited_stream(snap: Snapshot, plan: Plan, dst, progress=None, keep_pre
     """The input's stream with the plan applied, to ``dst``. The file's bytes before the stream
     (a libvirt header) are kept with ``keep_prefix``; a qcow2 vmstate becomes a standalone stream."""
     source = snap.source
-    with open(source.path, "rb") as src:
+    opener = getattr(source, "open_stream_file", None)
+    with opener() if opener is not None else open(source.path, "rb") as src:
         fd = src.fileno()
         prefix = 0
         if source.view() is not None and keep_prefix:

@@ -98,15 +98,20 @@ def cmd_patch(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from ..containers import open_source
+    from ..containers import _sniff, open_source
     from .meta import resume_plan
 
-    source = open_source(args.snap, args.snapshot)
-    try:
-        kind = "qcow2" if source.kind == "qcow2" else "stream"
-        tag = getattr(getattr(source, "snapshot", None), "name", None)
-    finally:
-        source.close()
+    f, sniffed = _sniff(args.snap)
+    f.close()
+    if sniffed == "libvirt":  # only its header is read: a compressed image is not decompressed
+        kind, tag = "libvirt", None
+    else:
+        source = open_source(args.snap, args.snapshot)
+        try:
+            kind = "qcow2" if source.kind == "qcow2" else "stream"
+            tag = getattr(getattr(source, "snapshot", None), "name", None)
+        finally:
+            source.close()
     plan = resume_plan(args.snap, kind, tag)
     if args.json:
         print(json.dumps(dataclasses.asdict(plan), indent=2))
@@ -139,7 +144,11 @@ def register(sub) -> None:
         metavar="[CPU:]NAME=VALUE",
         help="a vCPU register (rax, rip, cr3...; x0, pc, sp, ttbr1_el1... on aarch64)",
     )
-    sp.add_argument("--format", choices=("stream", "qcow2"), help="output kind (default: as the input)")
+    sp.add_argument(
+        "--format",
+        choices=("stream", "qcow2", "libvirt"),
+        help="output kind (default: as the input; a libvirt image is written uncompressed)",
+    )
     sp.add_argument("--snapshot-name", help="qcow2: rename the edited snapshot (same length)")
     sp.set_defaults(func=cmd_patch, json=False)
     sp = sub.add_parser(

@@ -40,6 +40,8 @@ def resume_plan(path: str, kind: str, tag: str | None, snap=None):
     from ..resume import plan_resume
     from ..snapshot import Snapshot
 
+    if kind == "libvirt":
+        return _libvirt_plan(path, snap)
     meta = load_meta(path) or {}
     own = snap is None
     if own:
@@ -62,6 +64,22 @@ def resume_plan(path: str, kind: str, tag: str | None, snap=None):
     finally:
         if own:
             snap.close()
+
+
+def _libvirt_plan(path: str, snap=None):
+    import re
+
+    from ..containers._mapped import MappedFile
+    from ..containers.libvirt import LibvirtHeader
+    from ..resume import plan_libvirt_restore
+
+    f = MappedFile(path)
+    try:
+        header = LibvirtHeader(f)  # the header alone: a compressed image is not decompressed
+    finally:
+        f.close()
+    name = re.search(r"<name>([^<]*)</name>", header.xml)
+    return plan_libvirt_restore(path, header.was_running, name[1] if name else None)
 
 
 def describe_resume(path: str, kind: str, tag: str | None, snap=None) -> str:
