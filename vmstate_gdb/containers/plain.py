@@ -67,6 +67,15 @@ class PlainStream:
     def view(self) -> memoryview | None:
         return self._file.view(self.base, self.size)
 
+    def checked_view(self):
+        return self._file.checked_view(self.base, self.size)
+
+    def open_file(self):
+        return self._file.open_file()
+
+    def check_unchanged(self) -> None:
+        self._file.check_unchanged(self.base)
+
     def file_offset(self, offset: int) -> int:
         if offset < 0 or offset > self.size:
             raise FormatError(
