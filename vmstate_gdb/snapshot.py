@@ -99,7 +99,10 @@ class Snapshot:
                     raise
                 if pages is not None:
                     pages.finish(key, index)
-            return cls(source, index, buf, max_ram_below_4g)
+            # Indexing walked the map; the session reads with checked preads from here on (a file
+            # truncated underneath would make a touch of the map SIGBUS the process).
+            checked = source.checked_view()
+            return cls(source, index, checked if checked is not None else buf, max_ram_below_4g)
         except BaseException:
             source.close()
             raise

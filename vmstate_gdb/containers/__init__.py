@@ -23,6 +23,19 @@ class StreamSource(Protocol):
         """Zero-copy view of the whole stream when it is contiguous in the file, else None."""
         ...
 
+    def checked_view(self):
+        """Like :meth:`view`, but every slice is a checked read (an error, not SIGBUS, when the
+        file was truncated underneath): what an open session reads through. None when fragmented."""
+        ...
+
+    def open_file(self):
+        """A binary file object on the opened file (not the path: it may name another file by now)."""
+        ...
+
+    def check_unchanged(self) -> None:
+        """FormatError if the file was truncated or rewritten since it was opened."""
+        ...
+
     def file_offset(self, offset: int) -> int:
         """Byte position in ``path`` of stream byte ``offset``."""
         ...

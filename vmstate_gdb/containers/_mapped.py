@@ -3,6 +3,13 @@
 The containers share this so that a truncated file or a table that points past the end always
 gives a :class:`FormatError` that names the file and the byte, never an IndexError or a short
 read that someone forgets to check.
+
+Reads after opening go through ``pread`` on the file descriptor kept open, not through the map: a
+file truncated by another process would make a touch of the map past its new end kill the process
+with SIGBUS. Each such read also checks that the file still has the size and mtime it had when it
+was opened, so a file rewritten underneath gives one clear error instead of other bytes served as
+the snapshot's. Only indexing, which runs once at open, walks the map itself (it is many times
+faster there).
 """
 
 from __future__ import annotations
@@ -55,16 +62,47 @@ class MappedFile:
                 self._mm: mmap.mmap | None = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
             except (OSError, ValueError) as exc:
                 raise FormatError(f"cannot memory-map the file: {exc}", path) from None
-        finally:
+        except BaseException:
             if own:
                 os.close(fd)
+            raise
+        # our own descriptor for reads after open (the caller's may be closed before ours)
+        self._fd: int | None = fd if own else os.dup(fd)
         self.size = size
+        self._opened = (size, st.st_mtime_ns)
 
     @property
     def mm(self) -> mmap.mmap:
         if self._mm is None:
             raise FormatError("file is closed", self.path)
         return self._mm
+
+    def changed(self) -> str | None:
+        """Why the file is no longer the one that was opened (shorter, longer, rewritten); None if
+        it still has its size and modification time."""
+        if self._fd is None:
+            return "the file is closed"
+        st = os.fstat(self._fd)
+        size = st.st_size if stat.S_ISREG(st.st_mode) else self.size
+        mtime = st.st_mtime_ns if stat.S_ISREG(st.st_mode) else self._opened[1]
+        if size < self.size:
+            return f"the file was truncated to {size:#x} bytes since it was opened ({self.size:#x} then)"
+        if (size, mtime) != self._opened:
+            return "the file was modified since it was opened (size or modification time changed)"
+        return None
+
+    def check_unchanged(self, offset: int = 0) -> None:
+        """FormatError if another process truncated or rewrote the file since it was opened."""
+        why = self.changed()
+        if why is not None:
+            raise FormatError(f"{why}; open it again", self.path, offset)
+
+    def open_file(self):
+        """A new binary file object on the same open file (the writer copies from it): the
+        bytes that were indexed, even when another file was renamed over the path since."""
+        if self._fd is None:
+            raise FormatError("file is closed", self.path)
+        return os.fdopen(os.dup(self._fd), "rb")
 
     def check(self, offset: int, length: int, what: str) -> None:
         """FormatError unless bytes [offset, offset+length) lie inside the file."""
@@ -78,13 +116,24 @@ class MappedFile:
             )
 
     def bytes(self, offset: int, length: int, what: str) -> bytes:
+        """File bytes [offset, offset+length), read with pread and checked (see the module doc)."""
         self.check(offset, length, what)
-        return self.mm[offset : offset + length]
+        if self._fd is None:
+            raise FormatError("file is closed", self.path)
+        data = os.pread(self._fd, length, offset) if length else b""
+        if len(data) != length:
+            self.check_unchanged(offset + len(data))
+            raise FormatError(f"{what}: short read at byte {offset + len(data):#x}", self.path, offset)
+        self.check_unchanged(offset)
+        return data
 
     def unpack(self, fmt: str, offset: int, what: str) -> tuple:
-        n = struct.calcsize(fmt)
-        self.check(offset, n, what)
-        return struct.unpack_from(fmt, self.mm, offset)
+        return struct.unpack(fmt, self.bytes(offset, struct.calcsize(fmt), what))
+
+    def checked_view(self, offset: int, length: int) -> CheckedView:
+        """Bytes [offset, offset+length) as a sliceable object whose every read is checked."""
+        self.check(offset, length, "view")
+        return CheckedView(self, offset, length)
 
     def view(self, offset: int, length: int) -> memoryview:
         self.check(offset, length, "view")
@@ -108,6 +157,9 @@ class MappedFile:
         return self.mm.find(needle, max(0, start), min(end, self.size))
 
     def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
         mm, self._mm = self._mm, None
         if mm is not None:
             try:
@@ -116,3 +168,30 @@ class MappedFile:
                 # A memoryview handed out by view() is still alive; the map is unmapped when the
                 # last view goes away.
                 pass
+
+
+class CheckedView:
+    """A window of a :class:`MappedFile` that slices like a memoryview, each slice a checked read:
+    what an open session reads, so that a truncated or rewritten file is an error, not SIGBUS."""
+
+    __slots__ = ("file", "base", "size")
+
+    def __init__(self, file: MappedFile, base: int, size: int):
+        self.file = file
+        self.base = base
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.size)
+            if step != 1:
+                raise ValueError("CheckedView slices have step 1")
+            return self.file.bytes(self.base + start, max(0, stop - start), "read")
+        if key < 0:
+            key += self.size
+        if not 0 <= key < self.size:
+            raise IndexError("CheckedView index out of range")
+        return self.file.bytes(self.base + key, 1, "read")[0]

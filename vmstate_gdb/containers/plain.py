@@ -67,6 +67,15 @@ class PlainStream:
     def view(self) -> memoryview | None:
         return self._file.view(self.base, self.size)
 
+    def checked_view(self):
+        return self._file.checked_view(self.base, self.size)
+
+    def open_file(self):
+        return self._file.open_file()
+
+    def check_unchanged(self) -> None:
+        self._file.check_unchanged(self.base)
+
     def file_offset(self, offset: int) -> int:
         if offset < 0 or offset > self.size:
             raise FormatError(
@@ -79,7 +88,7 @@ class PlainStream:
     def open_stream_file(self):
         """The file holding the stream's bytes at :meth:`file_offset`, opened for reading (the
         writer copies from it in the kernel)."""
-        return open(self.path, "rb")
+        return self.open_file()
 
     def release(self, offset: int, length: int) -> None:
         self._file.release(self.base + offset, length)

@@ -496,6 +496,17 @@ class Qcow2VmState:
             return self.image.file.view(self.extents[0].file_offset, self.size)
         return None
 
+    def checked_view(self):
+        if len(self.extents) == 1 and self.extents[0].file_offset is not None:
+            return self.image.file.checked_view(self.extents[0].file_offset, self.size)
+        return None
+
+    def open_file(self):
+        return self.image.file.open_file()
+
+    def check_unchanged(self) -> None:
+        self.image.file.check_unchanged(self.snapshot.entry_offset)
+
     def file_offset(self, offset: int) -> int:
         if not 0 <= offset < self.size:
             raise FormatError(

@@ -123,8 +123,9 @@ def write_edited_stream(snap: Snapshot, plan: Plan, dst, progress=None, keep_pre
     """The input's stream with the plan applied, to ``dst``. The file's bytes before the stream
     (a libvirt header) are kept with ``keep_prefix``; a qcow2 vmstate becomes a standalone stream."""
     source = snap.source
-    opener = getattr(source, "open_stream_file", None)
-    with opener() if opener is not None else open(source.path, "rb") as src:
+    # the file that was opened and indexed (or its decompressed stream), not whatever the path names now
+    opener = getattr(source, "open_stream_file", None) or source.open_file
+    with opener() as src:
         fd = src.fileno()
         prefix = 0
         if source.view() is not None and keep_prefix:
@@ -144,9 +145,11 @@ def write_edited_stream(snap: Snapshot, plan: Plan, dst, progress=None, keep_pre
             def copy(offset: int, length: int) -> None:
                 dst.write(source.read(offset, length))
 
-        return prefix + write_stream(
+        written = prefix + write_stream(
             copy, source.size, plan.patches, plan.insert_at, plan.inserted, dst, progress
         )
+        source.check_unchanged()  # truncated or rewritten while we copied: no output
+        return written
 
 
 _CLONE_MIN = 64 << 10  # below this a copy costs no more than the ioctl
@@ -181,4 +184,5 @@ def _write_by_clone(source, plan: Plan, fd: int, dst, progress) -> int | None:
     for offset, data in plan.patches:
         if offset < start:  # in the clone: only these blocks get copies of their own
             os.pwrite(dst.fileno(), data, base + offset)
+    source.check_unchanged()
     return base + written

@@ -174,11 +174,12 @@ def save_qcow2(snap: Snapshot, plan: Plan, out: str, new_name: str | None, progr
         [o for o, _ in plan.patches] + ([plan.insert_at] if plan.insert_at is not None else []), default=None
     )
     out_dir = os.path.dirname(os.path.abspath(out))
-    total = os.path.getsize(snap.path)
-    with open(snap.path, "rb") as src, AtomicOutput(out) as dst:
+    with source.open_file() as src, AtomicOutput(out) as dst:
+        total = os.fstat(src.fileno()).st_size
         copy_range(src.fileno(), dst, 0, total, progress, 0, total)
         dst.flush()
         if first_change is None and new_name is None:
+            source.check_unchanged()
             return info.name, total
         w = _ImageWriter(dst.fileno(), image, out)
         if first_change is not None:
@@ -198,6 +199,7 @@ def save_qcow2(snap: Snapshot, plan: Plan, out: str, new_name: str | None, progr
         size = max(w.end, os.fstat(w.fd).st_size)
         os.ftruncate(w.fd, size)
         os.lseek(w.fd, 0, os.SEEK_END)
+        source.check_unchanged()  # truncated or rewritten while we copied: no output
     return new_name or info.name, size
 
 
