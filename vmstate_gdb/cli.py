@@ -8,7 +8,7 @@ import string
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import AddressError, VmstateError
+from .errors import AddressError, EditError, VmstateError
 
 if TYPE_CHECKING:
     from .devices.fields import Node
@@ -151,6 +151,8 @@ def cmd_devices(args) -> int:
     from .devices.format import to_plain
 
     with _open(args) as snap:
+        if args.explain:
+            return _explain(args, snap)
         if not args.path:
             data = [
                 {
@@ -179,6 +181,29 @@ def cmd_devices(args) -> int:
             lines: list[str] = []
             _render(snap, node, lines, 0, args.depth)
             _emit(args, None, "\n".join(lines))
+    return 0
+
+
+def _explain(args, snap: Snapshot) -> int:
+    from .devices.explain import explain, explain_all
+
+    if args.path:
+        device, _ = snap.devices.split_device(args.path)
+        x = explain(snap.devices, device)
+        if x is None:
+            raise EditError(
+                f"no explanation for {device.key} ({device.model}) yet: `vmstate devices` shows its fields"
+            )
+        found = [x]
+    else:
+        found = explain_all(snap.devices)
+    lines = []
+    for x in found:
+        lines.append(f"{x.device}: {x.kind}")
+        for v in x.values:
+            shown = f"{v.value:#x}" if isinstance(v.value, int) else ""
+            lines.append(f"  {v.name:<14} {shown:<20} {v.text}   [{v.source}]")
+    _emit(args, [x.as_dict() for x in found], "\n".join(lines) or "no device here has an explainer yet")
     return 0
 
 
@@ -365,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = snap_cmd("devices", "the device tree, or one device, subtree or field", cmd_devices)
     sp.add_argument("path", nargs="?", help="e.g. e1000, 0000:00:03.0/e1000/mac_reg[0], cpu[1]/env.eip")
     sp.add_argument("--depth", type=int, default=8, help="levels to show (default 8)")
+    sp.add_argument(
+        "--explain",
+        action="store_true",
+        help="the registers by their hardware names, flags decoded (interrupt chips so far)",
+    )
     sp = snap_cmd("read", "hexdump of guest memory", cmd_read)
     sp.add_argument("address", type=_int)
     sp.add_argument("length", type=_int, nargs="?", default=64)

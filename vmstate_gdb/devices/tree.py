@@ -232,6 +232,10 @@ class DeviceTree:
             node = nxt
         return node
 
+    def split_device(self, path: str) -> tuple[Device, str]:
+        """'e1000/mac_reg[0]' -> (the e1000 device, 'mac_reg[0]'); EditError naming the choices."""
+        return self._split_device(path)
+
     def _split_device(self, path: str) -> tuple[Device, str]:
         parts = path.split("/")
         for n in range(len(parts), 0, -1):
