@@ -5,6 +5,7 @@ the harness before the snapshot was written."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -54,10 +55,11 @@ def test_devices_explain_cli(snapshot):
     line = next(ln for ln in out.stdout.splitlines() if ln.split()[:1] == ["IRR"])
     assert line.split()[1 : 1 + len(qemu["IRR"])] == [str(v) for v in qemu["IRR"]]
     data = json.loads(subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=60).stdout)
-    assert {d["kind"] for d in data} >= {"local APIC", "IOAPIC", "i8259 PIC"}
-    regs = {r["name"]: r for r in data[0]["registers"]}
+    assert {d["kind"] for d in data} >= {"local APIC", "IOAPIC", "i8259 PIC", "PCI function"}
+    apic = next(d for d in data if d["kind"] == "local APIC")
+    regs = {r["name"]: r for r in apic["registers"]}
     assert regs["LVTT"]["source"] == "lvt[0]" and regs["LVTT"]["value"] == qemu["LVTT"]
-    bad = subprocess.run([*run, "e1000"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([*run, "hpet"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no explanation" in bad.stderr
 
 
@@ -76,6 +78,39 @@ def test_raw_section_has_no_explanation(snapshot, tmp_path):
     meta = snapshot("small-pc-e1000")
     with Snapshot.open(meta.path) as snap:
         dev = snap.devices.device("apic")
-        assert explain(snap.devices, dev) is not None
+        assert [x.kind for x in explain(snap.devices, dev)] == ["local APIC"]
         dev.root.members.clear()  # as if the section were raw: no fields to read
-        assert explain(snap.devices, dev) is None
+        assert explain(snap.devices, dev) == []
+
+
+_IRQ = re.compile(r"Bus\s+(\d+), device\s+(\d+), function (\d+):(?:(?!Bus ).)*?IRQ (\d+), pin ([A-D])", re.S)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", ["small-q35-virtio-2cpu", "linux-pc-3nic", "linux-q35-3nic-qemu10"])
+def test_pci_functions_match_info_pci(snapshot, name):
+    """Ids, BAR types and addresses, IRQ line and pin of every PCI function, as `info pci` showed
+    them at the stop."""
+    meta = snapshot(name)
+    irqs = {
+        (int(b), int(d), int(f)): (int(irq), pin) for b, d, f, irq, pin in _IRQ.findall(meta.state.pci_text)
+    }
+    with Snapshot.open(meta.path) as snap:
+        functions = {x.get("address"): x for x in explain_all(snap.devices) if x.kind == "PCI function"}
+        compared = 0
+        for fn in meta.state.pci:
+            addr = f"{fn['bus']:02x}:{fn['slot']:02x}.{fn['function']}"
+            x = functions.get(addr)
+            if x is None:
+                continue  # a function whose config space is not in its vmstate (a host bridge)
+            compared += 1
+            assert (x.get("vendor"), x.get("device")) == (fn["vendor"], fn["device"]), addr
+            for index, bar in fn["bars"].items():
+                assert x.get(f"BAR{index}") == bar["start"], (addr, index)
+                kind = next(v.text for v in x.values if v.name == f"BAR{index}")
+                assert kind.startswith("I/O" if bar["kind"] == "io" else tuple(("32 bit", "64 bit"))), kind
+            key = (fn["bus"], fn["slot"], fn["function"])
+            if key in irqs:
+                assert (x.get("interrupt_line"), "ABCD"[x.get("interrupt_pin") - 1]) == irqs[key], addr
+        nics = [n for n in meta.config.nics if n.model.endswith("pci") or n.model in ("e1000", "rtl8139")]
+        assert compared >= len(nics) + 1

@@ -189,12 +189,11 @@ def _explain(args, snap: Snapshot) -> int:
 
     if args.path:
         device, _ = snap.devices.split_device(args.path)
-        x = explain(snap.devices, device)
-        if x is None:
+        found = explain(snap.devices, device)
+        if not found:
             raise EditError(
                 f"no explanation for {device.key} ({device.model}) yet: `vmstate devices` shows its fields"
             )
-        found = [x]
     else:
         found = explain_all(snap.devices)
     lines = []

@@ -7,6 +7,7 @@ vmsd name.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,36 +46,44 @@ class Explained:
 
 Explainer = Callable[[Device, Callable[[str], object]], Explained | None]
 _EXPLAINERS: dict[str, Explainer] = {}
+_GENERIC: list[Explainer] = []  # tried on every device (PCI config space)
 
 
 def register(vmsd_name: str, fn: Explainer) -> None:
     _EXPLAINERS[vmsd_name] = fn
 
 
-def explain(tree: DeviceTree, device: Device) -> Explained | None:
-    """The semantic view of ``device``, or None when no explainer knows its model."""
-    _load()
-    fn = _EXPLAINERS.get(device.model)
-    if fn is None:
-        return None
+def register_generic(fn: Explainer) -> None:
+    _GENERIC.append(fn)
 
-    def value(rel: str):
-        node = tree.resolve(f"{device.key}/{rel}")
+
+def explain(tree: DeviceTree, device: Device) -> list[Explained]:
+    """The semantic views of ``device`` (its bus function, then its own registers); empty when
+    no explainer knows it."""
+    from ...errors import EditError
+
+    _load()
+
+    def value(rel):
+        node = rel if not isinstance(rel, str) else tree.resolve(f"{device.key}/{rel}")
         return node.value(tree.read)  # type: ignore[attr-defined]
 
-    try:
-        return fn(device, value)
-    except Exception as e:  # a raw (undescribed) section or a field this build names otherwise
-        from ...errors import EditError
-
-        if isinstance(e, EditError | KeyError | TypeError | ValueError | AttributeError):
-            return None
-        raise
+    out = []
+    for fn in [*_GENERIC, _EXPLAINERS.get(device.model)]:
+        if fn is None:
+            continue
+        try:
+            x = fn(device, value)
+        except (EditError, KeyError, TypeError, ValueError, AttributeError, IndexError, struct.error):
+            x = None  # a raw (undescribed) section, or a field this build names otherwise
+        if x is not None:
+            out.append(x)
+    return out
 
 
 def explain_all(tree: DeviceTree) -> list[Explained]:
-    return [x for d in tree.devices if (x := explain(tree, d)) is not None]
+    return [x for d in tree.devices for x in explain(tree, d)]
 
 
 def _load() -> None:
-    from . import interrupts  # noqa: F401  (registers its explainers)
+    from . import interrupts, pci  # noqa: F401  (register their explainers)
