@@ -114,3 +114,32 @@ def test_pci_functions_match_info_pci(snapshot, name):
                 assert (x.get("interrupt_line"), "ABCD"[x.get("interrupt_pin") - 1]) == irqs[key], addr
         nics = [n for n in meta.config.nics if n.model.endswith("pci") or n.model in ("e1000", "rtl8139")]
         assert compared >= len(nics) + 1
+
+
+@pytest.mark.qemu
+@pytest.mark.linux
+@pytest.mark.parametrize("name", ["linux-pc-3nic", "linux-q35-3nic-qemu10"])
+def test_e1000_rings_point_at_the_drivers_descriptors(snapshot, name):
+    """The ring addresses decoded from the registers are where Linux's e1000 driver keeps its
+    descriptors: every RX descriptor the device owns holds a buffer address and is not yet done,
+    and every TX descriptor before the head holds the buffer and length of a packet sent."""
+    meta = snapshot(name)
+    with Snapshot.open(meta.path) as snap:
+        (x,) = [x for x in explain_all(snap.devices) if x.kind == "e1000 registers"]
+        rdlen, rdh, rdt = x.get("RDLEN"), x.get("RDH"), x.get("RDT")
+        count = rdlen // 16
+        assert count and x.get("RCTL") & 2  # receiver enabled, a ring configured
+        rx = snap.physical.read(x.get("RX ring"), rdlen)
+        owned = [(rdh + i) % count for i in range((rdt - rdh) % count)]
+        assert owned, "the driver posts receive buffers"
+        for i in owned:
+            desc = rx[16 * i : 16 * i + 16]
+            assert int.from_bytes(desc[:8], "little") != 0, f"RX descriptor {i} has no buffer"
+            assert desc[12] & 1 == 0, f"RX descriptor {i} owned by the device but marked done"
+        tdh, tdt = x.get("TDH"), x.get("TDT")
+        tx = snap.physical.read(x.get("TX ring"), x.get("TDLEN"))
+        sent = [tx[16 * i : 16 * i + 16] for i in range(tdh)]
+        assert tdh == tdt, "the transmit queue drained before the stop"
+        assert bool(sent) == bool(x.get("GPTC")) and x.get("GPTC") == x.get("TPT")
+        # each sent descriptor: a buffer address and a length (the driver clears only the status)
+        assert all(int.from_bytes(d[:8], "little") and int.from_bytes(d[8:10], "little") for d in sent)

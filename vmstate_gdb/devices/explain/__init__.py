@@ -86,4 +86,4 @@ def explain_all(tree: DeviceTree) -> list[Explained]:
 
 
 def _load() -> None:
-    from . import interrupts, pci  # noqa: F401  (register their explainers)
+    from . import e1000, interrupts, pci  # noqa: F401  (register their explainers)
