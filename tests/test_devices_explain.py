@@ -63,6 +63,20 @@ def test_devices_explain_cli(snapshot):
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no explanation" in bad.stderr
 
 
+@pytest.mark.qemu
+def test_gdb_vmstate_devices_explain(snapshot):
+    from test_gdb_target import run_gdb
+
+    meta = snapshot("linux-q35-3nic-qemu10")
+    qemu = parse_info_lapic(meta.state.lapic_text[0])
+    out = run_gdb(
+        f"vmstate-open {meta.path}", "vmstate-devices apic --explain", "vmstate-devices --explain hpet"
+    )
+    line = next(ln for ln in out.splitlines() if ln.split()[:1] == ["LVTT"])
+    assert int(line.split()[1], 16) == qemu["LVTT"]
+    assert "no explanation for hpet" in out
+
+
 @pytest.mark.unit
 def test_vector_bitmaps_and_lvt_flags():
     assert vectors([1, 0, 0, 0, 0, 0, 0, 1 << 12]) == [0, 236]

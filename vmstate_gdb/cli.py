@@ -8,7 +8,7 @@ import string
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import AddressError, EditError, VmstateError
+from .errors import AddressError, VmstateError
 
 if TYPE_CHECKING:
     from .devices.fields import Node
@@ -185,24 +185,10 @@ def cmd_devices(args) -> int:
 
 
 def _explain(args, snap: Snapshot) -> int:
-    from .devices.explain import explain, explain_all
+    from .devices.explain import for_path, render
 
-    if args.path:
-        device, _ = snap.devices.split_device(args.path)
-        found = explain(snap.devices, device)
-        if not found:
-            raise EditError(
-                f"no explanation for {device.key} ({device.model}) yet: `vmstate devices` shows its fields"
-            )
-    else:
-        found = explain_all(snap.devices)
-    lines = []
-    for x in found:
-        lines.append(f"{x.device}: {x.kind}")
-        for v in x.values:
-            shown = f"{v.value:#x}" if isinstance(v.value, int) else ""
-            lines.append(f"  {v.name:<14} {shown:<20} {v.text}   [{v.source}]")
-    _emit(args, [x.as_dict() for x in found], "\n".join(lines) or "no device here has an explainer yet")
+    found = for_path(snap.devices, args.path or "")
+    _emit(args, [x.as_dict() for x in found], render(found) or "no device here has an explainer yet")
     return 0
 
 

@@ -18,7 +18,7 @@ OVERVIEW = """The vmstate_gdb commands: a QEMU snapshot as a gdb target.
   vmstate-open SNAPSHOT [--snapshot NAME]   open a migration stream, libvirt save or qcow2 savevm
   vmstate-close                             end the session (the file is never written)
   info vmstate                              file, vCPUs, memory mode and pending edits
-  vmstate-devices [PATH]                    device tree, a device, a subtree or one field
+  vmstate-devices [PATH] [--explain]        device tree, a device, a subtree or one field
   vmstate-set PATH VALUE                    edit a device field (same size, validated)
   vmstate-mac [NIC] [NEW_MAC] [--memory]    show a NIC's MAC, or change every copy of it
   vmstate-revert                            drop every pending edit
@@ -240,10 +240,12 @@ class DevicePathCompletion:
 
 
 class VmstateDevices(DevicePathCompletion, gdb.Command):
-    """Print the device tree, or a device, subtree or field: vmstate-devices [PATH] [--depth N]
+    """Print the device tree, or a device, subtree or field: vmstate-devices [PATH] [--depth N] [--explain]
 
     Paths are as QEMU names the state: e.g. `vmstate-devices e1000`, `vmstate-devices
-    e1000/mac_reg[0]`, `vmstate-devices 0000:00:03.0/e1000/full_mac_state`. Tab completes paths."""
+    e1000/mac_reg[0]`, `vmstate-devices 0000:00:03.0/e1000/full_mac_state`. Tab completes paths.
+    --explain shows the device as hardware: registers by name, flags decoded (PCI config space,
+    local APICs, IOAPIC, i8259s, e1000)."""
 
     command_name = "vmstate-devices"
 
@@ -258,7 +260,9 @@ class VmstateDevices(DevicePathCompletion, gdb.Command):
             i = args.index("--depth")
             depth = int(args[i + 1])
             del args[i : i + 2]
-        gdb.write(SESSION.request("devices", path=" ".join(args), depth=depth)["text"])
+        explain = "--explain" in args
+        args = [a for a in args if a != "--explain"]
+        gdb.write(SESSION.request("devices", path=" ".join(args), depth=depth, explain=explain)["text"])
 
 
 class VmstateSet(DevicePathCompletion, gdb.Command):

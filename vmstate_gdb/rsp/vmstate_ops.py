@@ -107,8 +107,12 @@ def _render(server: SnapshotServer, node: Node, lines: list[str], indent: int, d
             _render(server, c, lines, indent + 1, depth - 1)
 
 
-def devices(server: SnapshotServer, path: str = "", depth: int = 8) -> dict:
+def devices(server: SnapshotServer, path: str = "", depth: int = 8, explain: bool = False) -> dict:
     tree = server.snap.devices
+    if explain:
+        from ..devices.explain import for_path, render
+
+        return {"text": (render(for_path(tree, path)) or "no device here has an explainer yet") + "\n"}
     if not path:
         lines = [
             f"{d.key:<44} {d.model:<22} {d.section.body_size:>8} bytes{'' if d.root.vmsd_name else '  (raw)'}"

@@ -85,5 +85,29 @@ def explain_all(tree: DeviceTree) -> list[Explained]:
     return [x for d in tree.devices for x in explain(tree, d)]
 
 
+def render(found: list[Explained]) -> str:
+    """The text view the CLI and gdb print: one register per line, its raw source in brackets."""
+    lines = []
+    for x in found:
+        lines.append(f"{x.device}: {x.kind}")
+        for v in x.values:
+            shown = f"{v.value:#x}" if isinstance(v.value, int) else ""
+            lines.append(f"  {v.name:<14} {shown:<20} {v.text}   [{v.source}]")
+    return "\n".join(lines)
+
+
+def for_path(tree: DeviceTree, path: str) -> list[Explained]:
+    """Every device's views, or those of the device ``path`` names (EditError when none)."""
+    from ...errors import EditError
+
+    if not path:
+        return explain_all(tree)
+    device, _ = tree.split_device(path)
+    found = explain(tree, device)
+    if not found:
+        raise EditError(f"no explanation for {device.key} ({device.model}) yet: its fields are in `devices`")
+    return found
+
+
 def _load() -> None:
     from . import e1000, interrupts, pci  # noqa: F401  (register their explainers)
