@@ -239,7 +239,9 @@ def compute_hflags(values: dict[str, int], old_hflags: int) -> int:
         h |= LMA
     cs_flags, ss_flags = values["cs.flags"], values["ss.flags"]
     if h & LMA and cs_flags & DESC_L:
-        h |= CS32 | SS32 | CS64
+        # SS32 means nothing to 64-bit code, and QEMU's two paths disagree on it: x86_update_hflags
+        # sets it, an interrupt that loads a null SS (cpu_x86_load_seg_cache) clears it. Keep QEMU's.
+        h |= CS32 | CS64 | (old_hflags & SS32)
     else:
         h |= (cs_flags >> 22 & 1) << 4  # CS32 from CS.B
         h |= (ss_flags >> 22 & 1) << 5  # SS32 from SS.B
