@@ -221,7 +221,13 @@ def _gdb_on_a_terminal(*commands: str, env: dict, timeout: float = 120) -> str:
     argv = [GDB, "-nx", "-q", "-x", str(ROOT / "vmstate.gdb")]
     for c in commands:
         argv += ["-ex", c]
+    import fcntl
+    import struct
+    import termios
+
     master, slave = pty.openpty()
+    # a real terminal has a size; a pty without one makes gdb page after a few wrapped lines
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd="/", env=env)
     os.close(slave)
     out = b""
@@ -240,10 +246,21 @@ def _gdb_on_a_terminal(*commands: str, env: dict, timeout: float = 120) -> str:
             elif proc.poll() is not None:
                 break
     finally:
+        exited = proc.poll() is not None or _exits_soon(proc)
         proc.kill()
         proc.wait()
         os.close(master)
-    return out.decode(errors="replace")
+    text = out.decode(errors="replace")
+    assert exited, f"gdb did not quit within {timeout} s: {text[-2000:]}"
+    return text
+
+
+def _exits_soon(proc: subprocess.Popen) -> bool:
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def test_open_and_save_show_progress_on_a_terminal_and_nothing_in_batch(snapshot_linux_pc_3nic, tmp_path):
