@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from drgn.helpers.linux.pid import for_each_task
 from guestinfo import linux_symbols
 from linuxinfo import CHILD_GLOBAL, MARKER_BINARY, MARKER_GLOBAL, guest_report, marker_lines
 
@@ -130,10 +131,30 @@ def test_each_vcpu_runs_the_task_we_say(guest):
         assert row.state == "R", row
         if cpu.halted:
             assert row.pid == 0 and row.comm.startswith("swapper/"), row
-        task = guest.kernel.task(row.pid) if row.pid else guest.kernel.running()[cpu.index]
-        frames = kernel_stack(guest.kernel, task)
         if cpu["cs.selector"] & 3 == 0:
+            # the task whose kernel stack the vCPU is on unwinds from the vCPU's registers: the
+            # scheduler's current task, or inside a context switch the one being switched out
+            k = guest.kernel
+            tasks = [*k.running().values(), *for_each_task(k.prog)]
+            on_stack = {t.value_(): t for t in tasks if k.vcpu_on_stack(t) == cpu.index}
+            assert len(on_stack) == 1, on_stack
+            frames = kernel_stack(k, next(iter(on_stack.values())))
             assert frames[0].pc == cpu["rip"], (frames[0], hex(cpu["rip"]))
+
+
+def test_a_switched_out_tasks_saved_frame_unwinds_as_drgn_does(guest):
+    """The frame the context switch saved (the fallback for a task still marked on a CPU that
+    has left it) gives drgn's own unwinding of sleeping tasks, frame for frame."""
+    from drgn import Object
+
+    k = guest.kernel
+    regs_type = k.prog.type("struct pt_regs")
+    for pid in (1, guest.report.parent, guest.report.child):
+        task = k.task(pid)
+        data = k.abi.switched_out_pt_regs(k.prog, task, regs_type.size)
+        ours = k.prog.stack_trace(Object.from_bytes_(k.prog, regs_type, data))
+        assert [f.pc for f in ours] == [f.pc for f in k.prog.stack_trace(task)], pid
+        assert len(ours) > 3, ours
 
 
 def test_kernel_stacks_show_where_the_marker_waits(guest):
@@ -324,7 +345,7 @@ def test_gdb_threads_are_the_guests_tasks_and_bt_goes_on_into_user_frames(kaslr)
     assert f'"{text}"' in out, out
     assert re.search(r"^rip\s+0x[0-9a-f]+\s+0x[0-9a-f]+ <__schedule\+\d+>", out, re.M), out
     assert "2 threads, the vCPUs" in out
-    vcpu1 = [f.function for f in kernel_stack(k, k.running()[1]) if not f.inline]
+    vcpu1 = [f.function for f in kernel_stack(k, k.task_on_vcpu_stack(1)) if not f.inline]
     assert _bt_names(out, "==VBT==", "==VEND==") == vcpu1 + ["??"], out  # ends at pc 0
 
 

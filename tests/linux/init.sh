@@ -50,6 +50,12 @@ report() {  # parent-pid child-pid
     done
     echo "@modules"
     cat /proc/modules
+    echo "@rtc"  # the RTC as the kernel's rtc driver reads it from the chip
+    cat /proc/driver/rtc 2>/dev/null
+    echo "@tty"  # the console UART's line settings (x86: the 16550 at ttyS0)
+    [ -c /dev/ttyS0 ] && stty -F /dev/ttyS0 2>/dev/null
+    echo "@interrupts"
+    cat /proc/interrupts
     echo "vmstate-marker: guest report" > /dev/kmsg
     echo "@dmesg"
     dmesg | tail -n 1
@@ -73,5 +79,8 @@ while :; do
         read -r mac < "$d/address"
         echo "TICK $n $i $mac"
     done
+    # the guest's RTC, read from the chip each second: an edited RTC shows here after a resume
+    [ -r /sys/class/rtc/rtc0/time ] &&
+        echo "CLOCK $n $(cat /sys/class/rtc/rtc0/date) $(cat /sys/class/rtc/rtc0/time)"
     sleep 1
 done

@@ -19,6 +19,8 @@ class LinuxAbi:
     user_regs: tuple[str, ...] = ()
     #: the register the kernel's per-CPU offset is in while the vCPU runs kernel code
     per_cpu_register: str = ""
+    #: THREAD_SIZE, a task's kernel stack (x86_64 and arm64 with 4 KiB pages, without KASAN)
+    thread_size: int = 16 * 1024
 
     def is_kernel_image(self, address: int) -> bool:
         """True for addresses in the kernel image, which KASLR moves as one (kallsyms entries
@@ -57,4 +59,14 @@ class LinuxAbi:
 
     def vdso_range(self, prog: Any) -> tuple[int, int] | None:
         """(kernel virtual start, size) of the vDSO image every process maps as [vdso]."""
+        raise NotImplementedError
+
+    def switched_out_pt_regs(self, prog: Any, task: Any, size: int) -> bytes:
+        """The registers the context switch saved for ``task`` (its kernel stack pointer, frame
+        and resume address), as ``struct pt_regs`` bytes: for unwinding a task the scheduler
+        still marks on a CPU (``on_cpu``) after that CPU switched to another one."""
+        raise NotImplementedError
+
+    def stack_pointer(self, cpu: Cpu) -> int:
+        """The vCPU's current stack pointer."""
         raise NotImplementedError

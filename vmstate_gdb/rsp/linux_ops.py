@@ -118,7 +118,7 @@ def unwind(server: SnapshotServer, thread: int) -> list[dict]:
             task, vcpu = t.task, t.vcpu
         else:
             vcpu = thread - 1
-            task = k.running().get(vcpu)
+            task = k.task_on_vcpu_stack(vcpu)
             if task is None:
                 return []
         if vcpu is not None and k.abi.in_user_mode(server.snap.cpu(vcpu)):

@@ -35,7 +35,8 @@ class TaskThreads:
         from ..os.linux.tasks import all_tasks
 
         self.kernel = kernel
-        running = {task.value_(): vcpu for vcpu, task in kernel.running().items()}
+        # the task whose stack each vCPU is on: inside a context switch, the one being left
+        running = {kernel.task_on_vcpu_stack(vcpu).value_(): vcpu for vcpu in kernel.running()}
         self.threads: dict[int, TaskThread] = {}
         for task in all_tasks(kernel):
             pid = task.pid.value_()

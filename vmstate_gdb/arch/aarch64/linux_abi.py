@@ -56,5 +56,8 @@ class Aarch64Linux(LinuxAbi):
             return None
         return (start, end - start) if end > start else None
 
+    def stack_pointer(self, cpu: Aarch64Cpu) -> int:  # type: ignore[override]
+        return cpu["sp"]
+
 
 LINUX = Aarch64Linux()

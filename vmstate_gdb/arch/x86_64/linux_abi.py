@@ -112,5 +112,18 @@ class X86_64Linux(LinuxAbi):
         except (LookupError, AttributeError, ValueError):
             return None
 
+    def stack_pointer(self, cpu: X86Cpu) -> int:  # type: ignore[override]
+        return cpu["rsp"]
+
+    def switched_out_pt_regs(self, prog: Any, task: Any, size: int) -> bytes:
+        # __switch_to_asm pushes struct inactive_task_frame (bp, bx, r12..r15 and the return
+        # address below them) and stores the stack pointer in thread.sp
+        sp = task.thread.sp.value_()
+        frame = prog.read(sp, 7 * 8)
+        r15, r14, r13, r12, rbx, rbp, ret = struct.unpack("<7Q", frame)
+        regs = dict(r15=r15, r14=r14, r13=r13, r12=r12, rbx=rbx, rbp=rbp, rip=ret, rsp=sp + 7 * 8)
+        values = [regs.get(name, 0) for name in _PT_REGS_ORDER]
+        return struct.pack(f"<{len(values)}Q", *values).ljust(size, b"\0")
+
 
 LINUX = X86_64Linux()

@@ -179,10 +179,49 @@ class LinuxKernel:
         """The task's kernel stack: from the vCPU's registers when it is running in the kernel,
         else from what the scheduler saved when it switched away."""
         self.load_modules()
-        vcpu = self.vcpu_running(task)
-        if vcpu is not None and not self.abi.in_user_mode(self.snap.cpu(vcpu)):
+        vcpu = self.vcpu_on_stack(task)
+        if vcpu is not None:
             return self.prog.stack_trace(self.vcpu_regs(vcpu))
-        return self.prog.stack_trace(task)
+        try:
+            return self.prog.stack_trace(task)
+        except LookupError:
+            # drgn wants a CPU's saved registers for a task still marked on_cpu; a vCPU stopped
+            # inside a context switch has already saved this task's frame and left its stack
+            if self.vcpu_running(task) is not None and not task.on_cpu:
+                raise
+            regs_type = self.prog.type("struct pt_regs")
+            try:
+                data = self.abi.switched_out_pt_regs(self.prog, task, regs_type.size)
+            except NotImplementedError:
+                raise LookupError(f"task {task.pid.value_()} is between CPUs: no saved frame") from None
+            return self.prog.stack_trace(Object.from_bytes_(self.prog, regs_type, data))
+
+    def task_on_vcpu_stack(self, vcpu: int) -> Object | None:
+        """The task whose kernel stack the vCPU runs on: the scheduler's current task but for a
+        vCPU stopped inside a context switch, still on the task it is leaving."""
+        from drgn.helpers.linux.pid import for_each_task
+
+        current = self.running().get(vcpu)
+        if current is None or self.abi.in_user_mode(self.snap.cpu(vcpu)):
+            return current
+        for task in (current, *for_each_task(self.prog)):
+            if self.vcpu_on_stack(task) == vcpu:
+                return task
+        return current
+
+    def vcpu_on_stack(self, task: Object) -> int | None:
+        """The vCPU running kernel code on ``task``'s kernel stack, if one is: during a context
+        switch that can differ from the scheduler's current task of that CPU."""
+        try:
+            base = task.stack.value_()
+        except AttributeError:
+            return None
+        for vcpu in self.vcpu_of_cpu().values():
+            cpu = self.snap.cpu(vcpu)
+            sp = self.abi.stack_pointer(cpu)
+            if not self.abi.in_user_mode(cpu) and base <= sp < base + self.abi.thread_size:
+                return vcpu
+        return None
 
     def kernel_space(self) -> VirtualMemory:
         """Kernel virtual addresses, through init_mm's page tables (those of every task's kernel
