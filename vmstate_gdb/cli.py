@@ -187,7 +187,7 @@ def cmd_devices(args) -> int:
 def _explain(args, snap: Snapshot) -> int:
     from .devices.explain import for_path, render
 
-    found = for_path(snap.devices, args.path or "")
+    found = for_path(snap.devices, args.path or "", snap.physical.read)
     _emit(args, [x.as_dict() for x in found], render(found) or "no device here has an explainer yet")
     return 0
 

@@ -112,7 +112,8 @@ def devices(server: SnapshotServer, path: str = "", depth: int = 8, explain: boo
     if explain:
         from ..devices.explain import for_path, render
 
-        return {"text": (render(for_path(tree, path)) or "no device here has an explainer yet") + "\n"}
+        found = for_path(tree, path, server.snap.physical.read)
+        return {"text": (render(found) or "no device here has an explainer yet") + "\n"}
     if not path:
         lines = [
             f"{d.key:<44} {d.model:<22} {d.section.body_size:>8} bytes{'' if d.root.vmsd_name else '  (raw)'}"

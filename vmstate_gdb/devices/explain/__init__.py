@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from ..tree import Device, DeviceTree
 
+#: a composite value's writer: (device, value reader, new text) -> the raw fields to write
+Setter = Callable[..., list[tuple[str, "int | bytes"]]]
+
 
 @dataclass
 class Value:
@@ -20,9 +23,15 @@ class Value:
     value: int | str | list[int]
     text: str  # decoded: flags, modes, vectors
     source: str  # the raw field path it comes from
+    #: parts that can be set by name (REGISTER.PART): (lowest bit, width) in the source field
+    bits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    setter: Setter | None = None  # set from text, for values that are not one raw integer
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "value": self.value, "text": self.text, "source": self.source}
+        out = {"name": self.name, "value": self.value, "text": self.text, "source": self.source}
+        if self.bits:
+            out["bits"] = {k: list(v) for k, v in self.bits.items()}
+        return out
 
 
 @dataclass
@@ -31,8 +40,8 @@ class Explained:
     kind: str  # "local APIC", "i8259", ...
     values: list[Value] = field(default_factory=list)
 
-    def add(self, name: str, value, text: str, source: str) -> None:
-        self.values.append(Value(name, value, text, source))
+    def add(self, name: str, value, text: str, source: str, bits=None, setter=None) -> None:
+        self.values.append(Value(name, value, text, source, dict(bits or {}), setter))
 
     def get(self, name: str):
         for v in self.values:
@@ -57,16 +66,28 @@ def register_generic(fn: Explainer) -> None:
     _GENERIC.append(fn)
 
 
-def explain(tree: DeviceTree, device: Device) -> list[Explained]:
+Memory = Callable[[int, int], bytes]
+
+
+def explain(tree: DeviceTree, device: Device, memory: Memory | None = None) -> list[Explained]:
     """The semantic views of ``device`` (its bus function, then its own registers); empty when
-    no explainer knows it."""
+    no explainer knows it. ``memory`` reads guest-physical memory, for what a device keeps
+    there (virtio rings, descriptors)."""
     from ...errors import EditError
 
     _load()
 
+    def node(rel: str):
+        return tree.resolve(f"{device.key}/{rel}")
+
     def value(rel):
-        node = rel if not isinstance(rel, str) else tree.resolve(f"{device.key}/{rel}")
-        return node.value(tree.read)  # type: ignore[attr-defined]
+        n = rel if not isinstance(rel, str) else node(rel)
+        return n.value(tree.read)  # type: ignore[attr-defined]
+
+    # what an explainer may ask besides field values: the node, its raw bytes, guest memory
+    value.node = node  # type: ignore[attr-defined]
+    value.raw = lambda rel: tree.read(node(rel).offset, node(rel).size)  # type: ignore[attr-defined]
+    value.memory = memory  # type: ignore[attr-defined]
 
     out = []
     for fn in [*_GENERIC, _EXPLAINERS.get(device.model)]:
@@ -81,8 +102,8 @@ def explain(tree: DeviceTree, device: Device) -> list[Explained]:
     return out
 
 
-def explain_all(tree: DeviceTree) -> list[Explained]:
-    return [x for d in tree.devices for x in explain(tree, d)]
+def explain_all(tree: DeviceTree, memory: Memory | None = None) -> list[Explained]:
+    return [x for d in tree.devices for x in explain(tree, d, memory)]
 
 
 def render(found: list[Explained]) -> str:
@@ -91,23 +112,24 @@ def render(found: list[Explained]) -> str:
     for x in found:
         lines.append(f"{x.device}: {x.kind}")
         for v in x.values:
-            shown = f"{v.value:#x}" if isinstance(v.value, int) else ""
+            shown = v.value if isinstance(v.value, str) else ""
+            shown = f"{v.value:#x}" if isinstance(v.value, int) else shown
             lines.append(f"  {v.name:<14} {shown:<20} {v.text}   [{v.source}]")
     return "\n".join(lines)
 
 
-def for_path(tree: DeviceTree, path: str) -> list[Explained]:
+def for_path(tree: DeviceTree, path: str, memory: Memory | None = None) -> list[Explained]:
     """Every device's views, or those of the device ``path`` names (EditError when none)."""
     from ...errors import EditError
 
     if not path:
-        return explain_all(tree)
+        return explain_all(tree, memory)
     device, _ = tree.split_device(path)
-    found = explain(tree, device)
+    found = explain(tree, device, memory)
     if not found:
         raise EditError(f"no explanation for {device.key} ({device.model}) yet: its fields are in `devices`")
     return found
 
 
 def _load() -> None:
-    from . import e1000, interrupts, pci  # noqa: F401  (register their explainers)
+    from . import e1000, interrupts, pci, rtl8139, serial, timers, virtio  # noqa: F401  (register them)
