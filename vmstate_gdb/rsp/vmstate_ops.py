@@ -163,7 +163,12 @@ def parse_value(node: Leaf, text: str) -> int | bytes:
 
 
 def set_field(server: SnapshotServer, path: str, value: str) -> dict:
+    from ..devices.explain.edit import set_by_name
+
     snap = server.snap
+    lines = set_by_name(snap, path, value)  # DEVICE.REGISTER[.PART]: by the register's meaning
+    if lines is not None:
+        return {"text": "".join(line + "\n" for line in lines)}
     node = snap.devices.resolve(path)
     if not isinstance(node, Leaf):
         raise EditError(not_a_value(node))

@@ -39,11 +39,17 @@ def _split(text: str, sep: str, what: str) -> tuple[str, str]:
 
 def apply_cli_edits(snap, args, out=sys.stdout) -> dict[str, str]:
     """Apply --set/--reg/--write/--mac to ``snap``; returns {old mac: new mac} for the resume line."""
+    from ..devices.explain.edit import set_by_name
     from ..devices.nics import format_mac, parse_mac
     from ..mac import apply_mac_change, plan_mac_change
 
     for item in args.set or ():
         path, value = _split(item, "=", "--set")
+        lines = set_by_name(snap, path, value)  # DEVICE.REGISTER[.PART]: by the register's meaning
+        if lines is not None:
+            for line in lines:
+                print(f"register {line}", file=out)
+            continue
         where = snap.set_field(path, _parse_value(value))
         print(f"field {where} = {value}", file=out)
     for item in args.reg or ():
@@ -132,7 +138,13 @@ def register(sub) -> None:
     )
     add_snapshot_arguments(sp)
     sp.add_argument("out", metavar="OUT", help="the new snapshot (same kind as SNAP unless --format)")
-    sp.add_argument("--set", action="append", metavar="PATH=VALUE", help="a device field (vmstate devices)")
+    sp.add_argument(
+        "--set",
+        action="append",
+        metavar="PATH=VALUE",
+        help="a device field by path (vmstate devices), or a register by name (devices --explain): "
+        "e1000.RCTL.EN=0, apic.LVTT.masked=1, mc146818rtc.time='2031-01-02 03:04:05'",
+    )
     sp.add_argument("--mac", action="append", metavar="[NIC=]MAC", help="change a NIC's MAC in device state")
     sp.add_argument("--memory", action="store_true", help="with --mac: also every copy of the old MAC in RAM")
     sp.add_argument("--write", action="append", metavar="ADDR=HEX", help="write bytes to guest memory")

@@ -26,6 +26,7 @@ class Value:
     #: parts that can be set by name (REGISTER.PART): (lowest bit, width) in the source field
     bits: dict[str, tuple[int, int]] = field(default_factory=dict)
     setter: Setter | None = None  # set from text, for values that are not one raw integer
+    settable: bool = True  # False: shown from several fields or from guest memory
 
     def as_dict(self) -> dict:
         out = {"name": self.name, "value": self.value, "text": self.text, "source": self.source}
@@ -40,8 +41,8 @@ class Explained:
     kind: str  # "local APIC", "i8259", ...
     values: list[Value] = field(default_factory=list)
 
-    def add(self, name: str, value, text: str, source: str, bits=None, setter=None) -> None:
-        self.values.append(Value(name, value, text, source, dict(bits or {}), setter))
+    def add(self, name: str, value, text: str, source: str, bits=None, setter=None, settable=True) -> None:
+        self.values.append(Value(name, value, text, source, dict(bits or {}), setter, settable))
 
     def get(self, name: str):
         for v in self.values:

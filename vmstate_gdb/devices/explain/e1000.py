@@ -19,6 +19,10 @@ INTERRUPTS = {0: "TXDW", 1: "TXQE", 2: "LSC", 3: "RXSEQ", 4: "RXDMT0", 6: "RXO",
 DESCRIPTOR = 16  # bytes, legacy and extended descriptors alike
 
 
+def bits(names: dict[int, str]) -> dict[str, tuple[int, int]]:
+    return {n: (b, 1) for b, n in names.items()}
+
+
 def flags(raw: int, names: dict[int, str]) -> str:
     return " ".join(n for b, n in names.items() if raw >> b & 1) or "none"
 
@@ -47,13 +51,15 @@ def explain_e1000(device, value) -> Explained:
         return value(f"mac_reg[{name}]")
 
     ctrl, status = reg("CTRL"), reg("STATUS")
-    x.add("CTRL", ctrl, flags(ctrl, CTRL), "mac_reg[CTRL]")
-    x.add("STATUS", status, f"{flags(status, STATUS)} speed {_SPEED[status >> 6 & 3]}", "mac_reg[STATUS]")
+    x.add("CTRL", ctrl, flags(ctrl, CTRL), "mac_reg[CTRL]", bits=bits(CTRL))
+    x.add("STATUS", status, f"{flags(status, STATUS)} speed {_SPEED[status >> 6 & 3]}", "mac_reg[STATUS]",
+          bits={**bits(STATUS), "SPEED": (6, 2)})  # fmt: skip
     rctl, tctl = reg("RCTL"), reg("TCTL")
-    x.add("RCTL", rctl, f"{flags(rctl, RCTL)} buffers {rx_buffer_size(rctl)} bytes", "mac_reg[RCTL]")
-    x.add("TCTL", tctl, flags(tctl, TCTL), "mac_reg[TCTL]")
+    x.add("RCTL", rctl, f"{flags(rctl, RCTL)} buffers {rx_buffer_size(rctl)} bytes", "mac_reg[RCTL]",
+          bits={**bits(RCTL), "BSIZE": (16, 2)})  # fmt: skip
+    x.add("TCTL", tctl, flags(tctl, TCTL), "mac_reg[TCTL]", bits=bits(TCTL))
     ims, icr = reg("IMS"), reg("ICR")
-    x.add("IMS", ims, "enabled: " + flags(ims, INTERRUPTS), "mac_reg[IMS]")
+    x.add("IMS", ims, "enabled: " + flags(ims, INTERRUPTS), "mac_reg[IMS]", bits=bits(INTERRUPTS))
     x.add("ICR", icr, "pending: " + flags(icr, INTERRUPTS), "mac_reg[ICR]")
     for side, prefix in (("RX", "RD"), ("TX", "TD")):
         r = ring(reg(f"{prefix}BAH") << 32 | reg(f"{prefix}BAL"), reg(f"{prefix}LEN"), reg(f"{prefix}H"),
@@ -61,7 +67,7 @@ def explain_e1000(device, value) -> Explained:
         what = "empty buffers posted" if side == "RX" else "descriptors waiting to be sent"
         x.add(f"{side} ring", r["base"],
               f"{r['descriptors']} descriptors at {r['base']:#x}, head {r['head']} tail {r['tail']}: "
-              f"{r['owned_by_device']} {what}", f"mac_reg[{prefix}BAL]")  # fmt: skip
+              f"{r['owned_by_device']} {what}", f"mac_reg[{prefix}BAL]", settable=False)  # fmt: skip
         for part in ("H", "T", "LEN"):
             name = prefix + part
             x.add(name, reg(name), f"{side} ring {part}", f"mac_reg[{name}]")

@@ -12,6 +12,9 @@ from . import Explained, register
 LVT_NAMES = ("LVTT", "LVTTHMR", "LVTPC", "LVT0", "LVT1", "LVTERR")
 _DELIVERY = {0: "Fixed", 1: "LowPrio", 2: "SMI", 4: "NMI", 5: "INIT", 7: "ExtINT"}
 _TIMER_MODE = {0: "one-shot", 1: "periodic", 2: "tsc-deadline"}
+#: the parts of an LVT entry that can be set by name (SDM vol. 3 fig. 11-8)
+LVT_BITS = {"vector": (0, 8), "delivery": (8, 3), "polarity": (13, 1), "trigger": (15, 1), "masked": (16, 1),
+            "timer_mode": (17, 2)}  # fmt: skip
 
 
 def vectors(words: list[int]) -> list[int]:
@@ -51,7 +54,7 @@ def explain_apic(device, value) -> Explained:
     x.add("DFR", value("dest_mode"), "flat" if value("dest_mode") == 0xF else "cluster", "dest_mode")
     for i, name in enumerate(LVT_NAMES):
         raw = value(f"lvt[{i}]")
-        x.add(name, raw, lvt_text(name, raw), f"lvt[{i}]")
+        x.add(name, raw, lvt_text(name, raw), f"lvt[{i}]", bits=LVT_BITS)
     x.add("ESR", value("esr"), "error status", "esr")
     x.add("ICR", value("icr[0]"), "interrupt command (low)", "icr[0]")
     x.add("ICR2", value("icr[1]"), f"destination {value('icr[1]') >> 24}", "icr[1]")
@@ -79,6 +82,11 @@ def explain_i8259(device, value) -> Explained:
     return x
 
 
+#: an IOAPIC redirection entry's parts (82093AA, 3.2.4)
+REDIRECTION_BITS = {"vector": (0, 8), "delivery": (8, 3), "dest_mode": (11, 1), "polarity": (13, 1),
+                    "trigger": (15, 1), "masked": (16, 1), "dest": (56, 8)}  # fmt: skip
+
+
 def redirection_text(raw: int) -> str:
     parts = [f"dest={raw >> 56}", f"vec={raw & 0xFF}", "active-lo" if raw & 1 << 13 else "active-hi",
              "level" if raw & 1 << 15 else "edge"]  # fmt: skip
@@ -103,7 +111,7 @@ def explain_ioapic(device, value) -> Explained:
     count = node.count if node is not None else 24  # type: ignore[attr-defined]
     for pin in range(count):
         raw = value(f"ioredtbl[{pin}]")
-        x.add(f"pin{pin}", raw, redirection_text(raw), f"ioredtbl[{pin}]")
+        x.add(f"pin{pin}", raw, redirection_text(raw), f"ioredtbl[{pin}]", bits=REDIRECTION_BITS)
     return x
 
 

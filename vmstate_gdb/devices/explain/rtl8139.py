@@ -30,7 +30,7 @@ def _bits(names: dict[int, str]) -> dict[str, tuple[int, int]]:
 def explain_rtl8139(device, value) -> Explained:
     x = Explained(device.key, "RTL8139 registers")
     mac = value("phys")
-    x.add("IDR", mac.hex(":"), "station address", "phys")
+    x.add("IDR", mac.hex(":"), "station address (change it with --mac)", "phys", settable=False)
     cmd = value("bChipCmdState")
     x.add("ChipCmd", cmd, _flags(cmd, CHIP_CMD), "bChipCmdState", bits=_bits(CHIP_CMD))
     imr, isr = value("IntrMask"), value("IntrStatus")
@@ -58,7 +58,7 @@ def explain_rtl8139(device, value) -> Explained:
                 what = "empty buffers posted" if side == "RX" else "descriptors waiting to be sent"
                 text += f"; {len(ring)} in the ring (EOR), {owned} owned by the NIC: {owned} {what}"
             src = "RxRingAddrLO" if side == "RX" else "TxAddr[0]"
-            x.add(f"{side} ring", base, text, src)
+            x.add(f"{side} ring", base, text, src, settable=False)
     else:
         x.add("RBSTART", value("RxBuf"), f"receive ring at {value('RxBuf'):#x}, {rx_len} bytes", "RxBuf")
         x.add("CAPR", value("RxBufPtr"), "driver's read pointer", "RxBufPtr")

@@ -55,7 +55,7 @@ def explain_serial(device, value) -> Explained:
     for fifo in ("recv_fifo", "xmit_fifo"):
         text = _fifo_text(value, fifo)
         if text is not None:
-            x.add(fifo, text, f"{len(text)} bytes queued", fifo)
+            x.add(fifo, text, f"{len(text)} bytes queued", fifo, settable=False)
     return x
 
 

@@ -167,7 +167,7 @@ def explain_rtc(device, value) -> Explained:
           "cmos_data[0..9]", setter=_set_rtc_time)  # fmt: skip
     base = value("base_rtc")
     x.add("base_rtc", base, _utc(base) + " (QEMU's clock base: seconds since 1970)", "base_rtc")
-    x.add("alarm", rtc.alarm(), "alarm time hh:mm:ss (** = any)", "cmos_data[1,3,5]")
+    x.add("alarm", rtc.alarm(), "alarm time hh:mm:ss (** = any)", "cmos_data[1,3,5]", settable=False)
     rate = a & 0xF
     freq = 0 if rate == 0 else 32768 >> (rate - 1) if rate > 2 else 256 if rate == 1 else 128
     x.add("REG_A", a, f"{'UIP ' if a & 0x80 else ''}divider {a >> 4 & 7}, periodic rate {rate} "

@@ -116,21 +116,22 @@ def explain_virtio(device, value) -> Explained | None:
         x.add(f"{name}.last_avail_idx", last, "next available entry the device will take",
               f"{q}/last_avail_idx")  # fmt: skip
         if ring.avail_idx is None:
-            x.add(f"{name}.rings", "unreadable", "the rings are not in guest RAM", f"{q}/desc")
+            x.add(f"{name}.rings", "unreadable", "not in guest RAM", f"{q}/desc", settable=False)
             continue
         waiting = (ring.avail_idx - last) & 0xFFFF
         in_flight = (last - ring.used_idx) & 0xFFFF
         x.add(f"{name}.avail_idx", ring.avail_idx, f"driver made {waiting} available the device has "
-              "not taken", f"guest memory {avail + 2:#x}")  # fmt: skip
+              "not taken", f"guest memory {avail + 2:#x}", settable=False)  # fmt: skip
         x.add(f"{name}.used_idx", ring.used_idx, f"{in_flight} taken by the device, not yet used",
-              f"guest memory {used + 2:#x}")  # fmt: skip
+              f"guest memory {used + 2:#x}", settable=False)  # fmt: skip
         for label, start, n in (("waiting", last, waiting), ("in_flight", ring.used_idx, in_flight)):
             if not n:
                 continue
             chains = [ring.chain(ring.avail_entry(start + k)) for k in range(min(n, SHOWN))]
             lines = [_chain_text(model, ring, c) for c in chains]
             more = f" (+{n - SHOWN} more)" if n > SHOWN else ""
-            x.add(f"{name}.{label}", n, "; ".join(lines) + more, f"guest memory {avail + 4:#x}")
+            x.add(f"{name}.{label}", n, "; ".join(lines) + more, f"guest memory {avail + 4:#x}",
+                  settable=False)  # fmt: skip
     return x
 
 

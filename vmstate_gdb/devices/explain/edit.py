@@ -1,0 +1,138 @@
+"""Edits by meaning: ``DEVICE.REGISTER[.PART] = VALUE`` (``e1000.RCTL.EN=0``, ``apic[1].LVTT.masked=1``,
+``mc146818rtc.time=2031-05-06 07:08:09``) become writes of the raw fields the explainers name as
+their source, so the overlay, the writer and QEMU see ordinary field edits. A value that is more
+than one field (the RTC's time) has its own setter, which keeps every copy consistent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ...errors import EditError
+from ..tree import Device, DeviceTree
+from . import Explained, Memory, Value, explain
+
+_BYTE_OF_BUFFER = re.compile(r"^(?P<field>.+)\[(?P<index>0x[0-9a-fA-F]+|\d+)\]$")
+_TRUE = {"1": 1, "true": 1, "on": 1, "yes": 1, "0": 0, "false": 0, "off": 0, "no": 0}
+
+
+@dataclass
+class Target:
+    device: Device
+    value: Value
+    part: str | None  # a named bit field of the register, or the whole register
+
+    @property
+    def name(self) -> str:
+        return f"{self.device.key}.{self.value.name}" + (f".{self.part}" if self.part else "")
+
+
+def find(tree: DeviceTree, name: str, memory: Memory | None = None) -> Target | None:
+    """The register ``name`` means, or None when ``name`` does not start with a device and a
+    dot (then it is a raw field path). EditError when the device is known but not the register."""
+    for i, ch in enumerate(name):
+        if ch != ".":
+            continue
+        device = tree.device(name[:i])
+        if device is None:
+            continue
+        return _register(tree, device, name[i + 1 :], memory)
+    return None
+
+
+def _register(tree: DeviceTree, device: Device, rest: str, memory: Memory | None) -> Target:
+    views: list[Explained] = explain(tree, device, memory)
+    values = [v for x in views for v in x.values]
+    for v in sorted(values, key=lambda v: -len(v.name)):  # 'T0.config' before 'T0'
+        if rest == v.name:
+            return Target(device, v, None)
+        if rest.startswith(v.name + "."):
+            part = rest[len(v.name) + 1 :]
+            if part not in v.bits:
+                known = ", ".join(v.bits) or "none"
+                raise EditError(f"{device.key}.{v.name} has no part {part!r} (parts: {known})")
+            return Target(device, v, part)
+    if not values:
+        raise EditError(f"{device.key} ({device.model}) has no explainer: set its raw fields by path")
+    names = ", ".join(v.name for v in values[:16]) + (" ..." if len(values) > 16 else "")
+    raise EditError(f"{device.key} has no register {rest!r} (registers: {names})")
+
+
+def plan(tree: DeviceTree, target: Target, text: str) -> list[tuple[str, int | bytes]]:
+    """The raw writes (full field path, new value) that give ``target`` the value ``text``."""
+    v, device = target.value, target.device
+
+    def value(rel: str):
+        return tree.resolve(f"{device.key}/{rel}").value(tree.read)  # type: ignore[attr-defined]
+
+    if not v.settable:
+        raise EditError(f"{target.name} is shown from {v.source} and more; set the fields it is made of")
+    if v.setter is not None and target.part is None:
+        return [(f"{device.key}/{rel}", new) for rel, new in v.setter(device, value, text)]
+    number = _number(text, target.name)
+    path, byte = _source(tree, device, v.source, target.name)
+    current = value(path) if byte is None else value(path)[byte]
+    if not isinstance(current, int):
+        raise EditError(f"{target.name} comes from {v.source}, which is not an integer field")
+    if target.part is not None:
+        low, width = v.bits[target.part]
+        if not 0 <= number < 1 << width:
+            raise EditError(f"{target.name}: {text} does not fit {width} bit(s)")
+        number = current & ~((1 << width) - 1 << low) | number << low
+    if byte is not None:
+        raw = bytearray(value(path))
+        if not 0 <= number < 256:
+            raise EditError(f"{target.name}: {text} does not fit a byte")
+        raw[byte] = number
+        return [(f"{device.key}/{path}", bytes(raw))]
+    return [(f"{device.key}/{path}", number)]
+
+
+def _source(tree: DeviceTree, device: Device, source: str, name: str) -> tuple[str, int | None]:
+    """The raw field a register lives in: a field path, or one byte of a buffer field."""
+    try:
+        tree.resolve(f"{device.key}/{source}")
+        return source, None
+    except EditError:
+        pass
+    m = _BYTE_OF_BUFFER.match(source)
+    if m:
+        try:
+            tree.resolve(f"{device.key}/{m['field']}")
+            return m["field"], int(m["index"], 0)
+        except EditError:
+            pass
+    raise EditError(f"{name} is shown from {source}, which cannot be set by name; set the raw field")
+
+
+def _number(text: str, name: str) -> int:
+    t = text.strip().lower()
+    if t in _TRUE:
+        return _TRUE[t]
+    try:
+        return int(t, 0)
+    except ValueError:
+        raise EditError(f"{name}: {text!r} is not a number") from None
+
+
+def set_by_name(snap, name: str, text: str) -> list[str] | None:
+    """Apply ``name = text`` to ``snap``'s overlay; the lines describing it, or None when ``name``
+    is a raw field path (the caller sets it as one)."""
+    tree = snap.devices
+    memory = snap.physical.read
+    target = find(tree, name, memory)
+    if target is None:
+        return None
+    before = target.value
+    writes = plan(tree, target, text)
+    for path, new in writes:
+        snap.set_field(path, new)
+    after = _register(tree, target.device, target.name[len(target.device.key) + 1 :], memory).value
+    shown = _shown(before), _shown(after)
+    fields = ", ".join(p.split("/", 1)[1] if "/" in p else p for p, _ in writes)
+    return [f"{target.name}: {shown[0]} -> {shown[1]} ({after.text}) [{fields}]"]
+
+
+def _shown(v: Value) -> str:
+    return f"{v.value:#x}" if isinstance(v.value, int) else str(v.value)
