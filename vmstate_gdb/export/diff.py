@@ -19,6 +19,7 @@ class SnapshotDiff:
     a: str
     b: str
     fields: list[dict] = field(default_factory=list)  # {path, a, b}
+    explained: list[dict] = field(default_factory=list)  # {register, a, b, change, text}
     devices: list[dict] = field(default_factory=list)  # {device, only_in | note}
     registers: list[dict] = field(default_factory=list)  # {cpu, register, a, b}
     memory: list[dict] = field(default_factory=list)  # {block, offset, size, physical}
@@ -30,6 +31,7 @@ class SnapshotDiff:
             "b": self.b,
             "devices": self.devices,
             "fields": self.fields,
+            "explained": self.explained,
             "registers": self.registers,
             "memory": self.memory,
             "notes": self.notes,
@@ -38,7 +40,7 @@ class SnapshotDiff:
 
     @property
     def same(self) -> bool:
-        return not (self.fields or self.devices or self.registers or self.memory)
+        return not (self.fields or self.devices or self.registers or self.memory)  # explained: from fields
 
     def text(self) -> str:
         lines = [f"--- {self.a}", f"+++ {self.b}"]
@@ -46,6 +48,8 @@ class SnapshotDiff:
             lines.append(f"device {d['device']}: {d.get('note') or 'only in ' + d['only_in']}")
         for f in self.fields:
             lines.append(f"field {f['path']}: {f['a']} -> {f['b']}")
+        for e in self.explained:
+            lines.append(f"register {e['register']}: {e['change']} ({e['text']})")
         for r in self.registers:
             lines.append(f"cpu{r['cpu']} {r['register']}: {r['a']:#x} -> {r['b']:#x}")
         for m in self.memory:
@@ -94,7 +98,10 @@ def _diff_devices(a: Snapshot, b: Snapshot, out: SnapshotDiff) -> None:
                 }
             )
             continue
+        before = len(out.fields)
         _diff_node(a, b, da.root, db.root, out)
+        if len(out.fields) > before:
+            _diff_explained(a, b, da, db, out)
     for db in b.devices.devices:
         if db.key not in keys_a:
             out.devices.append({"device": db.key, "only_in": b.path})
@@ -128,6 +135,38 @@ def _diff_node(a: Snapshot, b: Snapshot, na: Node, nb: Node, out: SnapshotDiff) 
             )
         else:
             _diff_node(a, b, ca, cb, out)
+
+
+def _diff_explained(a: Snapshot, b: Snapshot, da, db, out: SnapshotDiff) -> None:
+    """The same difference by register name ("e1000 RDT 12 -> 40", "apic IRR +236"): what the
+    raw fields mean, from the explainers of the device."""
+    from ..devices.explain import explain
+
+    va = {v.name: v for x in explain(a.devices, da, a.physical.read) for v in x.values}
+    for x in explain(b.devices, db, b.physical.read):
+        for vb in x.values:
+            v = va.get(vb.name)
+            if v is None or v.value == vb.value:
+                continue
+            out.explained.append(
+                {
+                    "register": f"{db.key}.{vb.name}",
+                    "a": v.value,
+                    "b": vb.value,
+                    "change": _change(v.value, vb.value),
+                    "text": vb.text,
+                }  # fmt: skip
+            )
+
+
+def _change(old, new) -> str:
+    if isinstance(old, list) and isinstance(new, list):
+        gone = [f"-{n}" for n in old if n not in new]
+        came = [f"+{n}" for n in new if n not in old]
+        return " ".join(came + gone) or "reordered"
+    if isinstance(old, int) and isinstance(new, int):
+        return f"{old:#x} -> {new:#x}" if max(abs(old), abs(new)) > 9 else f"{old} -> {new}"
+    return f"{old} -> {new}"
 
 
 def _show(node: Leaf, raw: bytes) -> str:
