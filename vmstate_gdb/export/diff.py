@@ -153,13 +153,21 @@ def _diff_explained(a: Snapshot, b: Snapshot, da, db, out: SnapshotDiff) -> None
                     "register": f"{db.key}.{vb.name}",
                     "a": v.value,
                     "b": vb.value,
-                    "change": _change(v.value, vb.value),
+                    "change": _change(v.value, vb.value, vb.bits),
                     "text": vb.text,
-                }  # fmt: skip
+                }
             )
 
 
-def _change(old, new) -> str:
+def _change(old, new, bits: dict[str, tuple[int, int]]) -> str:
+    if isinstance(old, int) and isinstance(new, int) and bits:
+        parts = []
+        for name, (low, width) in bits.items():
+            o, n = old >> low & (1 << width) - 1, new >> low & (1 << width) - 1
+            if o != n:
+                parts.append(f"{name} {o}->{n}")
+        if parts:
+            return f"{old:#x} -> {new:#x}: " + ", ".join(parts)
     if isinstance(old, list) and isinstance(new, list):
         gone = [f"-{n}" for n in old if n not in new]
         came = [f"+{n}" for n in new if n not in old]
