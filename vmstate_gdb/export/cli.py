@@ -55,6 +55,8 @@ def cmd_import_devices(args) -> int:
             print(f"field {c.describe()}")
         for line in result.mac_lines:
             print(line)
+        for line in result.register_lines:
+            print(f"register {line}")
         if not result.changed:
             print(f"{args.file}: no field differs from {args.snap}")
             if not args.force:

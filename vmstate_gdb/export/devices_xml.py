@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import string
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import xmltodict
 
@@ -144,7 +145,33 @@ def export_tree(snap: Snapshot) -> dict:
         "machine": snap.index.machine_type,
         "nics": [{"device": n.name, "model": n.model, "mac": format_mac(n.mac)} for n in snap.nics()],
         "devices": devices,
+        "explained": export_explained(snap),
     }
+
+
+def export_explained(snap: Snapshot) -> list[dict]:
+    """The registers by name, next to the raw fields: editable where ``settable``; import sets
+    those whose value was changed in the file (see explain/edit.py)."""
+    from ..devices.explain import explain_all
+
+    views = []
+    for x in explain_all(snap.devices, snap.physical.read):
+        regs = []
+        for v in x.values:
+            reg = {"name": v.name, "value": _explained_value(v.value), "source": v.source, "meaning": v.text}
+            if not v.settable or isinstance(v.value, list):
+                reg["settable"] = False
+            regs.append(reg)
+        views.append({"device": x.device, "kind": x.kind, "registers": regs})
+    return views
+
+
+def _explained_value(value) -> str:
+    if isinstance(value, int):
+        return f"{value:#x}"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
 
 
 def _export_node(node: Node, read, index: int | None = None) -> dict:
@@ -201,7 +228,24 @@ def to_xml(tree: dict) -> str:
         else None
     )
     root["device"] = [_xml_entry(d, top=True) for d in tree["devices"]]
+    root["explained"] = {
+        "view": [
+            {
+                "@device": x["device"],
+                "@kind": x["kind"],
+                "register": [_xml_register(r) for r in x["registers"]],
+            }
+            for x in tree.get("explained") or []
+        ]
+    }
     return xmltodict.unparse({ROOT_TAG: root}, pretty=True, indent="  ")
+
+
+def _xml_register(r: dict) -> dict:
+    out = {"@name": r["name"], "@source": r["source"], "@meaning": r["meaning"], "#text": r["value"]}
+    if r.get("settable") is False:
+        out["@settable"] = "false"
+    return out
 
 
 def _xml_entry(entry: dict, top: bool = False) -> dict:
@@ -264,7 +308,9 @@ def load_tree(path: str) -> dict:
             raise FormatError('not a device-state file: no "devices" list', path)
         return tree
     try:
-        doc = xmltodict.parse(text, force_list=("device", "field", "item", "nic"), strip_whitespace=False)
+        doc = xmltodict.parse(
+            text, force_list=("device", "field", "item", "nic", "view", "register"), strip_whitespace=False
+        )
     except Exception as e:  # expat's ExpatError, with line and column
         raise FormatError(f"not valid XML: {e}", path) from None
     root = doc.get(ROOT_TAG) if isinstance(doc, dict) else None
@@ -277,6 +323,17 @@ def load_tree(path: str) -> dict:
         "machine": root.get("@machine"),
         "nics": [{"device": n.get("@device"), "model": n.get("@model"), "mac": n.get("@mac")} for n in nics],
         "devices": [_from_xml(d) for d in root.get("device") or []],
+        "explained": [
+            {
+                "device": v.get("@device"),
+                "registers": [
+                    {"name": r.get("@name"), "value": r.get("#text", "")} if isinstance(r, dict) else {}
+                    for r in v.get("register") or []
+                ],
+            }
+            for v in ((root.get("explained") or {}).get("view") or [])
+            if isinstance(v, dict)
+        ],
     }
 
 
@@ -321,10 +378,11 @@ class ImportResult:
     fields: list[FieldChange]
     mac_lines: list[str]
     macs: dict[str, str]  # old MAC -> new MAC, for the output's resume command line
+    register_lines: list[str] = dataclass_field(default_factory=list)  # edits by register name
 
     @property
     def changed(self) -> bool:
-        return bool(self.fields or self.macs)
+        return bool(self.fields or self.macs or self.register_lines)
 
 
 def plan_import(snap: Snapshot, tree: dict) -> list[FieldChange]:
@@ -429,10 +487,12 @@ def _show(node: Leaf, raw: bytes) -> str:
 
 def import_devices(snap: Snapshot, path: str) -> ImportResult:
     """Apply the file's changes to the snapshot's edit overlay (nothing is written here)."""
+    from ..devices.explain.edit import set_by_name
     from ..mac import apply_mac_change, plan_mac_change
 
     tree = load_tree(path)
     changes = plan_import(snap, tree)
+    by_name = _changed_registers(snap, tree)  # against the snapshot as it is, before any change
     current = {n.name: n for n in snap.nics()}
     mac_plans = []
     for entry in tree.get("nics") or []:
@@ -451,11 +511,39 @@ def import_devices(snap: Snapshot, path: str) -> ImportResult:
         lines += plan.describe()
         apply_mac_change(snap, plan)
         macs[format_mac(plan.old)] = format_mac(plan.new)
+    register_lines: list[str] = []
+    for name, value in by_name:
+        register_lines += set_by_name(snap, name, value) or []
     for nic in snap.nics():  # a MAC changed field by field: the resume command line needs it too
         before = current[nic.name].mac
         if nic.mac != before:
             macs.setdefault(format_mac(before), format_mac(nic.mac))
-    return ImportResult(changes, lines, macs)
+    return ImportResult(changes, lines, macs, register_lines)
+
+
+def _changed_registers(snap: Snapshot, tree: dict) -> list[tuple[str, str]]:
+    """(DEVICE.REGISTER, new value) for each register whose value in the file's ``explained``
+    part differs from the snapshot's; unknown ones are refused before anything changes."""
+    from ..devices.explain import explain_all
+
+    if not tree.get("explained"):
+        return []
+    current = {(x.device, v.name): v for x in explain_all(snap.devices, snap.physical.read) for v in x.values}
+    out = []
+    for view in tree["explained"]:
+        for reg in view.get("registers") or []:
+            key = (view.get("device"), reg.get("name"))
+            v = current.get(key)
+            if v is None:
+                raise EditError(f"explained: {key[0]} has no register {key[1]!r} in this snapshot")
+            text = str(reg.get("value") if reg.get("value") is not None else "")
+            if text.strip() != _explained_value(v.value):
+                if not v.settable or isinstance(v.value, list):
+                    raise EditError(
+                        f"explained: {key[0]}.{key[1]} is shown from {v.source}; it cannot be set"
+                    )
+                out.append((f"{key[0]}.{key[1]}", text.strip()))
+    return out
 
 
 def _rederive_hflags(snap: Snapshot, changes: list[FieldChange]) -> None:

@@ -82,9 +82,9 @@ def explain_pci(device, value) -> Explained | None:
     x.add("vendor", vendor, VENDORS.get(vendor, "unknown vendor"), f"{src}+0x0")
     x.add("device", dev, f"{vendor:04x}:{dev:04x}", f"{src}+0x2")
     command, status = struct.unpack_from("<HH", cfg, 4)
-    x.add("command", command, " ".join(n for b, n in _COMMAND.items() if command >> b & 1) or "disabled",
+    x.add("pci.command", command, " ".join(n for b, n in _COMMAND.items() if command >> b & 1) or "disabled",
           f"{src}+0x4")  # fmt: skip
-    x.add("status", status, "capabilities" if status & 0x10 else "", f"{src}+0x6")
+    x.add("pci.status", status, "capabilities" if status & 0x10 else "", f"{src}+0x6")
     x.add("class", cfg[0x0B] << 16 | cfg[0x0A] << 8 | cfg[0x09], f"class {cfg[0x0B]:02x}{cfg[0x0A]:02x}"
           f" prog-if {cfg[0x09]:02x} rev {cfg[0x08]:02x}", f"{src}+0x9")  # fmt: skip
     if cfg[0x0E] & 0x7F == 0:
