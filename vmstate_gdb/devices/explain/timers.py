@@ -66,7 +66,7 @@ def explain_hpet(device, value) -> Explained:
     counter = value("hpet_counter")
     x.add("counter", counter, f"main counter {counter} = {counter * HPET_PERIOD_NS / 1e9:.6f} s"
           + ("" if running else " (kept from when it was halted)"), "hpet_counter")  # fmt: skip
-    for i in range(value("num_timers")):
+    for i in range(_timer_count(value)):
         t = f"timer[{i}]"
         cfg, cmp, period = value(f"{t}/config"), value(f"{t}/cmp"), value(f"{t}/period")
         route = cfg >> 9 & 0x1F
@@ -81,6 +81,13 @@ def explain_hpet(device, value) -> Explained:
             hz = 1e9 / (period * HPET_PERIOD_NS) if period else 0.0
             x.add(f"T{i}.period", period, f"periodic every {period} ticks ({hz:.2f} Hz)", f"{t}/period")
     return x
+
+
+def _timer_count(value) -> int:
+    try:
+        return value("num_timers")
+    except EditError:  # QEMU 10 names it for what it is: the count as saved
+        return value("num_timers_save")
 
 
 def _pins(mask: int) -> str:

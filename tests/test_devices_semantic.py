@@ -1,0 +1,256 @@
+"""Devices explained, second part (issue 11): timers, the RTC, the UART, rtl8139 and virtio read by
+meaning and compared with what the guest itself printed before the stop (tests/linux/init.sh's
+report: /proc/driver/rtc, stty of the console, /proc/interrupts, a CLOCK line each second) and with
+QEMU 10's own x-query-virtio view recorded by the harness; then edits by register name, their diff
+and export, and one of them resumed in QEMU and seen by the guest."""
+
+from __future__ import annotations
+
+import calendar
+import dataclasses
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vmstate_gdb.devices.explain import explain_all
+from vmstate_gdb.devices.explain.edit import find, plan, set_by_name
+from vmstate_gdb.errors import EditError
+from vmstate_gdb.snapshot import Snapshot
+
+LINUX = ["linux-pc-3nic", "linux-q35-3nic-qemu10"]
+VMSTATE = [sys.executable, "-m", "vmstate_gdb"]
+
+
+def _views(snap: Snapshot) -> dict[str, object]:
+    return {f"{x.device}:{x.kind}": x for x in explain_all(snap.devices, snap.physical.read)}
+
+
+def _kind(snap: Snapshot, kind: str):
+    found = [x for x in explain_all(snap.devices, snap.physical.read) if x.kind == kind]
+    assert len(found) == 1, (kind, [x.kind for x in explain_all(snap.devices)])
+    return found[0]
+
+
+def _section(console: str, name: str) -> list[str]:
+    """One @section of the guest's report."""
+    lines = [ln.rstrip("\r") for ln in console.splitlines()]
+    start = lines.index(f"@{name}") + 1
+    end = next(
+        i for i in range(start, len(lines)) if lines[i].startswith("@") or lines[i] == "GUEST-REPORT-END"
+    )
+    return lines[start:end]
+
+
+def _proc_rtc(console: str) -> dict[str, str]:
+    out = {}
+    for line in _section(console, "rtc"):
+        key, _, value = line.partition(":")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _epoch(text: str) -> int:
+    return calendar.timegm(dt.datetime.fromisoformat(text).timetuple())
+
+
+@pytest.mark.qemu
+@pytest.mark.linux
+@pytest.mark.parametrize("name", LINUX)
+def test_rtc_is_the_guests_clock(snapshot, name):
+    """The time registers at the stop are the time the guest last read from its RTC (a CLOCK line
+    each second) plus at most the second or two to the stop; status and alarm registers are what
+    the kernel's rtc driver reported (/proc/driver/rtc)."""
+    meta = snapshot(name)
+    clocks = re.findall(r"^CLOCK \d+ (\S+ \S+)\r?$", meta.console, re.M)
+    assert clocks, "the guest printed no CLOCK line before the stop"
+    proc = _proc_rtc(meta.console)
+    with Snapshot.open(meta.path) as snap:
+        rtc = _kind(snap, "MC146818 RTC")
+        ours = _epoch(rtc.get("time"))
+        assert 0 <= ours - _epoch(clocks[-1].replace(" ", "T")) <= 3, (rtc.get("time"), clocks[-1])
+        b, a = rtc.get("REG_B"), rtc.get("REG_A")
+        assert proc["24hr"] == ("yes" if b & 2 else "no")
+        assert proc["BCD"] == ("no" if b & 4 else "yes")
+        assert proc["periodic_IRQ"] == ("yes" if b & 0x40 else "no")
+        assert proc["update_IRQ"] == ("yes" if b & 0x10 else "no")
+        assert proc["alarm_IRQ"] == ("yes" if b & 0x20 else "no")
+        assert int(proc["periodic_freq"]) == 32768 >> ((a & 0xF) - 1)
+        assert proc["alrm_time"] == rtc.get("alarm")
+        assert proc["batt_status"] == ("okay" if rtc.get("REG_D") & 0x80 else "dead")
+
+
+@pytest.mark.qemu
+@pytest.mark.linux
+@pytest.mark.parametrize("name", LINUX)
+def test_uart_and_interrupt_routing_are_the_guests(snapshot, name):
+    """The console UART's divisor and line control give the speed and framing `stty` showed (busybox
+    lists only what differs from cs8 -parenb -cstopb); the IOAPIC pins left unmasked are exactly those
+    /proc/interrupts shows on the IO-APIC, with the same trigger mode; the PIT's IRQ0 is off and the
+    HPET routes the timer in legacy replacement mode, as Linux's 'timer' on IO-APIC pin 2 says."""
+    meta = snapshot(name)
+    tty = " ".join(_section(meta.console, "tty"))
+    speed = int(re.search(r"speed (\d+) baud", tty)[1])
+    framing = f"{7 if ' cs7' in tty else 8}{'E' if ' parenb' in tty else 'N'}{2 if ' cstopb' in tty else 1}"
+    pins = {}
+    for line in _section(meta.console, "interrupts"):
+        m = re.search(r"IO-APIC\s+(\d+)-(edge|fasteoi)", line)
+        if m:
+            pins[int(m[1])] = "edge" if m[2] == "edge" else "level"
+    assert pins.get(2) == "edge" and 4 in pins, pins  # the timer and ttyS0
+    with Snapshot.open(meta.path) as snap:
+        uart = _kind(snap, "16550A UART")
+        assert uart.get("divisor") == 115200 // speed
+        assert next(v.text for v in uart.values if v.name == "divisor").startswith(f"{speed} {framing}")
+        ioapic = _kind(snap, "IOAPIC")
+        unmasked = {}
+        for v in ioapic.values:
+            if re.fullmatch(r"pin\d+", v.name) and not v.value >> 16 & 1:
+                unmasked[int(v.name[3:])] = "level" if v.value >> 15 & 1 else "edge"
+        assert unmasked == pins
+        pit, hpet = _kind(snap, "i8254 PIT"), _kind(snap, "HPET")
+        assert pit.get("irq0") == 1 and hpet.get("config") & 3 == 3
+
+
+@pytest.mark.qemu
+@pytest.mark.linux
+@pytest.mark.parametrize("name", LINUX)
+def test_rtl8139_cplus_rings_are_the_8139cp_drivers(snapshot, name):
+    """Linux's 8139cp runs the NIC in C+ mode with 64-entry rings (CP_RX_RING_SIZE,
+    CP_TX_RING_SIZE) of 1536-byte receive buffers (PKT_BUF_SZ): the explained rings end at their
+    EOR descriptor after 64 entries, and every RX descriptor the NIC owns holds such a buffer."""
+    meta = snapshot(name)
+    with Snapshot.open(meta.path) as snap:
+        x = _kind(snap, "RTL8139 registers")
+        assert x.get("CpCmd") & 3 == 3  # C+ transmit and receive
+        for side in ("RX", "TX"):
+            text = next(v.text for v in x.values if v.name == f"{side} ring")
+            assert "64 in the ring (EOR)" in text, text
+        rx = snap.physical.read(x.get("RX ring"), 64 * 16)
+        owned = [rx[i : i + 16] for i in range(0, len(rx), 16) if rx[i + 3] & 0x80]
+        assert owned, "the driver posts receive buffers"
+        for desc in owned:
+            assert int.from_bytes(desc[:4], "little") & 0x1FFF == 1536
+            assert int.from_bytes(desc[8:16], "little") != 0
+        text = next(v.text for v in x.values if v.name == "RX ring")
+        assert f"{len(owned)} owned by the NIC" in text
+        mac = next(n.mac for n in meta.config.nics if n.model == "rtl8139")
+        assert x.get("IDR") == mac.lower()
+
+
+@pytest.mark.qemu
+@pytest.mark.qemu10
+def test_virtio_matches_qemus_x_query_virtio(snapshot):
+    """Status bits, negotiated features by name and every queue's ring addresses and indexes, as
+    QEMU 10's x-query-virtio-status / x-query-virtio-queue-status gave them at the stop."""
+    meta = snapshot("linux-q35-3nic-qemu10")
+    (qemu,) = [v for v in meta.state.virtio if v["name"] == "virtio-net"]
+    status = qemu["status"]
+    with Snapshot.open(meta.path) as snap:
+        x = _kind(snap, "virtio-net (virtio)")
+        names = {s.split(":")[0].removeprefix("VIRTIO_CONFIG_S_") for s in status["status"]["statuses"]}
+        assert set(next(v.text for v in x.values if v.name == "status").split()) == names
+        theirs = {f.split(":")[0] for part in status["guest-features"].values() for f in part}
+        assert set(next(v.text for v in x.values if v.name == "features").split()) == theirs
+        queues = sorted(qemu["queues"], key=lambda q: q["queue-index"])
+        assert len(queues) == status["num-vqs"] == 3
+        for name, q in zip(("rx0", "tx0", "ctrl"), queues, strict=True):
+            text = next(v.text for v in x.values if v.name == name)
+            assert text.startswith(f"{q['vring-num']} entries: desc {q['vring-desc']:#x} avail "
+                                   f"{q['vring-avail']:#x} used {q['vring-used']:#x}"), text  # fmt: skip
+            assert x.get(f"{name}.last_avail_idx") == q["last-avail-idx"]
+            assert x.get(f"{name}.used_idx") == q["used-idx"]
+        # the receive queue: the driver posted buffers the device has not taken yet
+        waiting = x.get("rx0.avail_idx") - x.get("rx0.last_avail_idx")
+        assert waiting > 0 and x.get("rx0.waiting") == waiting
+
+
+# -- edits by name -------------------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+def test_edits_by_register_name_write_the_raw_fields(snapshot):
+    meta = snapshot("linux-pc-3nic")
+    with Snapshot.open(meta.path) as snap:
+        tree = snap.devices
+        rctl = snap.field_value("e1000/mac_reg[RCTL]")
+        lvtt = snap.field_value("apic/lvt[0]")
+        lines = set_by_name(snap, "e1000.RCTL.EN", "0")
+        assert lines and "EN" not in lines[0].split("(")[1].split(")")[0].split()
+        assert snap.field_value("e1000/mac_reg[RCTL]") == rctl & ~2
+        set_by_name(snap, "apic.LVTT.masked", "1")
+        set_by_name(snap, "apic.LVTT.vector", "0x31")
+        assert snap.field_value("apic/lvt[0]") == (lvtt & ~0xFF | 0x31 | 1 << 16)
+        set_by_name(snap, "mc146818rtc.REG_B.UIE", "on")  # one byte of the CMOS buffer
+        assert snap.field_value("mc146818rtc/cmos_data")[0x0B] & 0x10
+        assert set_by_name(snap, "e1000/mac_reg[RCTL]", "0") is None  # a raw path: not by name
+        for name, value, message in (
+            ("e1000.RCTL.NOPE", "1", "has no part 'NOPE'"),
+            ("e1000.NOPE", "1", "has no register 'NOPE'"),
+            ("apic.LVTT.vector", "256", "does not fit 8 bit(s)"),
+            ("e1000.RX ring", "0", "set the fields it is made of"),
+            ("mc146818rtc.time", "yesterday", "is not a date and time"),
+            ("e1000.RCTL", "lots", "is not a number"),
+        ):
+            target = find(tree, name, snap.physical.read) if "NOPE" not in name else None
+            with pytest.raises(EditError, match=re.escape(message)):
+                if target is None:
+                    find(tree, name, snap.physical.read)
+                else:
+                    plan(tree, target, value)
+
+
+@pytest.mark.qemu
+def test_diff_and_export_speak_register_names(snapshot, tmp_path):
+    """`vmstate patch --set` by name, then `vmstate diff` names the register and the part that
+    changed; the exported file carries the registers, and changing one there and importing it
+    gives the same edit."""
+    meta = snapshot("linux-pc-3nic")
+    out = tmp_path / "named.vmstate"
+    run = subprocess.run([*VMSTATE, "patch", "-q", meta.path, str(out), "--set", "e1000.RCTL.EN=0"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    diff = subprocess.run([*VMSTATE, "diff", "--no-memory", "--json", meta.path, str(out)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    data = json.loads(diff.stdout)
+    (reg,) = data["explained"]
+    assert reg["register"] == "0000:00:02.0/e1000.RCTL" and reg["change"].endswith(": EN 1->0")
+    exported = tmp_path / "devices.json"
+    run = subprocess.run([*VMSTATE, "export-devices", "-q", "--json", meta.path, str(exported)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    tree = json.loads(exported.read_text())
+    (e1000,) = [v for v in tree["explained"] if v["kind"] == "e1000 registers"]
+    (rctl,) = [r for r in e1000["registers"] if r["name"] == "RCTL"]
+    assert rctl["source"] == "mac_reg[RCTL]" and int(rctl["value"], 16) & 2
+    rctl["value"] = f"{int(rctl['value'], 16) & ~2:#x}"
+    exported.write_text(json.dumps(tree))
+    imported = tmp_path / "imported.vmstate"
+    run = subprocess.run([*VMSTATE, "import-devices", "-q", meta.path, str(exported), str(imported)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "register 0000:00:02.0/e1000.RCTL: 0x8002 -> 0x8000" in run.stdout
+    assert imported.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.qemu
+@pytest.mark.linux
+def test_rtc_edited_by_name_resumes_and_the_guest_reads_it(snapshot, restored, tmp_path):
+    """mc146818rtc.time set in the snapshot: the resumed guest's RTC (its CLOCK lines) runs on from
+    the new time, by the wall time that passed since the stop (QEMU's RTC follows the host clock
+    across a pause)."""
+    meta = snapshot("linux-pc-3nic")
+    new = "2031-05-06 07:08:09"
+    out = tmp_path / "rtc.vmstate"
+    run = subprocess.run([*VMSTATE, "patch", "-q", meta.path, str(out), "--set", f"mc146818rtc.time={new}"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    vm = restored(dataclasses.replace(meta, path=str(out)))
+    m = vm.wait_for_line(r"^CLOCK \d+ (\S+) (\S+)", timeout=90)
+    seen = _epoch(f"{m[1]}T{m[2]}")
+    expected = _epoch(new.replace(" ", "T")) + (time.time() - meta.state.stopped_at)
+    assert abs(seen - expected) < 15, (m[0], expected - seen)
