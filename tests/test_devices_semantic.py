@@ -254,3 +254,24 @@ def test_rtc_edited_by_name_resumes_and_the_guest_reads_it(snapshot, restored, t
     seen = _epoch(f"{m[1]}T{m[2]}")
     expected = _epoch(new.replace(" ", "T")) + (time.time() - meta.state.stopped_at)
     assert abs(seen - expected) < 15, (m[0], expected - seen)
+
+
+@pytest.mark.qemu
+def test_gdb_vmstate_set_by_register_name(snapshot, tmp_path):
+    from test_gdb_target import run_gdb
+
+    meta = snapshot("linux-pc-3nic")
+    out_file = tmp_path / "gdb-named.vmstate"
+    out = run_gdb(
+        f"vmstate-open {meta.path}",
+        "vmstate-set e1000.RCTL.EN 0",
+        'vmstate-set mc146818rtc.time "2030-02-03 04:05:06"',
+        "vmstate-set e1000.RCTL.BOGUS 1",
+        f"vmstate-save {out_file}",
+    )
+    assert "0000:00:02.0/e1000.RCTL.EN: 0x8002 -> 0x8000" in out, out
+    assert "mc146818rtc.time: " in out and "-> 2030-02-03 04:05:06" in out, out
+    assert "has no part 'BOGUS'" in out and "Traceback" not in out, out
+    with Snapshot.open(str(out_file)) as snap:
+        assert _kind(snap, "MC146818 RTC").get("time") == "2030-02-03 04:05:06"
+        assert not _kind(snap, "e1000 registers").get("RCTL") & 2

@@ -19,7 +19,7 @@ OVERVIEW = """The vmstate_gdb commands: a QEMU snapshot as a gdb target.
   vmstate-close                             end the session (the file is never written)
   info vmstate                              file, vCPUs, memory mode and pending edits
   vmstate-devices [PATH] [--explain]        device tree, a device, a subtree or one field
-  vmstate-set PATH VALUE                    edit a device field (same size, validated)
+  vmstate-set PATH VALUE                    edit a device field or register (e1000.RCTL.EN 0)
   vmstate-mac [NIC] [NEW_MAC] [--memory]    show a NIC's MAC, or change every copy of it
   vmstate-revert                            drop every pending edit
   vmstate-save OUT                          write a new snapshot with the edits
@@ -266,11 +266,13 @@ class VmstateDevices(DevicePathCompletion, gdb.Command):
 
 
 class VmstateSet(DevicePathCompletion, gdb.Command):
-    """Edit one device field: vmstate-set PATH VALUE
+    """Edit one device field, or a register by name: vmstate-set PATH VALUE
 
-    VALUE is an integer (42, 0x2a, -1) for integer fields, aa:bb:cc:dd:ee:ff for a 6-byte MAC
-    buffer, or hex bytes for other buffers; it must fit the field's size. The edit is kept in the
-    overlay until vmstate-save or vmstate-revert."""
+    PATH is a raw field (e1000/mac_reg[RCTL], see vmstate-devices) or DEVICE.REGISTER[.PART] as
+    vmstate-devices --explain names them (e1000.RCTL.EN, apic.LVTT.masked, ioapic.pin4.masked,
+    mc146818rtc.time). VALUE is an integer (42, 0x2a, -1, on/off) for integer fields and parts,
+    aa:bb:cc:dd:ee:ff for a 6-byte MAC buffer, hex bytes for other buffers, a date and time for
+    the RTC; it must fit. The edit is kept in the overlay until vmstate-save or vmstate-revert."""
 
     command_name = "vmstate-set"
 

@@ -218,7 +218,8 @@ def _set_rtc_time(device, value, text: str) -> list[tuple[str, int | bytes]]:
 def explain_kvmclock(device, value) -> Explained:
     x = Explained(device.key, "kvmclock")
     clock = value("clock")
-    x.add("clock", clock, f"guest time {clock / 1e9:.6f} s since boot (kvmclock nanoseconds)", "clock")
+    x.add("clock", clock, f"{clock / 1e9:.6f} s: the KVM clock at the stop (KVM_GET_CLOCK), which QEMU "
+          "sets again on load so guest time does not jump", "clock")  # fmt: skip
     return x
 
 
