@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--explain",
         action="store_true",
-        help="the registers by their hardware names, flags decoded (PCI, interrupt chips, timers, RTC, UART, NICs, virtio)",
+        help="registers by their hardware names, flags decoded (PCI, interrupts, timers, NICs, virtio)",
     )
     sp = snap_cmd("read", "hexdump of guest memory", cmd_read)
     sp.add_argument("address", type=_int)
