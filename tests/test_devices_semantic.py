@@ -275,3 +275,33 @@ def test_gdb_vmstate_set_by_register_name(snapshot, tmp_path):
     with Snapshot.open(str(out_file)) as snap:
         assert _kind(snap, "MC146818 RTC").get("time") == "2030-02-03 04:05:06"
         assert not _kind(snap, "e1000 registers").get("RCTL") & 2
+
+
+@pytest.mark.qemu
+@pytest.mark.qemu10
+@pytest.mark.linux
+def test_virtio_blk_queue_and_its_last_request_are_the_guests(snapshot):
+    """virtio-blk's request queue as QEMU 10 saw it, and the request the device completed last is
+    the guest's last direct read (a BLKREAD line each second, or the next one if the stop came
+    between the read and its line): a read at that sector, with a 16-byte header the device read,
+    4096 bytes of data and the status byte it wrote."""
+    meta = snapshot("linux-q35-3nic-qemu10")
+    (qemu,) = [v for v in meta.state.virtio if v["name"] == "virtio-blk"]
+    reads = re.findall(r"^BLKREAD (\d+) sector (\d+)\r?$", meta.console, re.M)
+    assert reads, "the guest printed no BLKREAD line"
+    n, sector = int(reads[-1][0]), int(reads[-1][1])
+    with Snapshot.open(meta.path) as snap:
+        x = _kind(snap, "virtio-blk (virtio)")
+        theirs = {f.split(":")[0] for part in qemu["status"]["guest-features"].values() for f in part}
+        assert set(next(v.text for v in x.values if v.name == "features").split()) == theirs
+        (q,) = qemu["queues"]
+        text = next(v.text for v in x.values if v.name == "req0")
+        assert text.startswith(f"{q['vring-num']} entries: desc {q['vring-desc']:#x} avail "
+                               f"{q['vring-avail']:#x} used {q['vring-used']:#x}"), text  # fmt: skip
+        assert (x.get("req0.last_avail_idx"), x.get("req0.used_idx")) == (q["last-avail-idx"], q["used-idx"])
+        last = next(v.text for v in x.values if v.name == "req0.last_used")
+        m = re.match(
+            r"IN \(read\) sector (\d+): r 0x[0-9a-f]+\+16 w 0x[0-9a-f]+\+4096 w 0x[0-9a-f]+\+1; ", last
+        )
+        assert m, last
+        assert int(m[1]) in (sector, (n + 1) % 1000 * 8), (last, reads[-1])

@@ -79,6 +79,13 @@ while :; do
         read -r mac < "$d/address"
         echo "TICK $n $i $mac"
     done
+    # a virtio disk (QEMU's null-co in the q35 scenario): one 4 KiB direct read a second, so its
+    # queue holds real requests; the line says which sector it asked for
+    if [ -b /dev/vda ]; then
+        k=$((n % 1000))
+        dd if=/dev/vda of=/dev/null bs=4096 count=1 skip=$k iflag=direct 2>/dev/null &&
+            echo "BLKREAD $n sector $((k * 8))"
+    fi
     # the guest's RTC, read from the chip each second: an edited RTC shows here after a resume
     [ -r /sys/class/rtc/rtc0/time ] &&
         echo "CLOCK $n $(cat /sys/class/rtc/rtc0/date) $(cat /sys/class/rtc/rtc0/time)"

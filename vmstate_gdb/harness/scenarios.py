@@ -29,6 +29,12 @@ MAC_RTL8139 = "52:54:00:ab:cd:02"
 MAC_VIRTIO = "52:54:00:ab:cd:03"
 MAC_VIRTIO_MMIO = "52:54:00:ab:cd:04"
 THREE_NICS = (Nic("e1000", MAC_E1000), Nic("rtl8139", MAC_RTL8139), Nic("virtio-net-pci", MAC_VIRTIO))
+VIRTIO_NULL_DISK = (
+    "-blockdev",
+    "driver=null-co,node-name=disk0,size=67108864,read-zeroes=on",
+    "-device",
+    "virtio-blk-pci,drive=disk0,id=blk0",
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,11 @@ SCENARIOS: dict[str, Scenario] = _catalogue(
         "savevm",
     ),
     Scenario("linux-pc-3nic", GuestConfig("linux", "pc", 1, 256, THREE_NICS)),
-    Scenario("linux-q35-3nic-qemu10", GuestConfig("linux", "q35", 1, 256, THREE_NICS, qemu="10")),
+    # with a virtio disk of QEMU's null block driver (reads give zeros; no file to keep)
+    Scenario(
+        "linux-q35-3nic-qemu10",
+        GuestConfig("linux", "q35", 1, 256, THREE_NICS, qemu="10", extra_args=VIRTIO_NULL_DISK),
+    ),
     # KASLR on (text, modules and the direct map at random addresses), 2 vCPUs, and QEMU's
     # vmcoreinfo device, which the guest's qemu_fw_cfg driver fills with its VMCOREINFO address.
     Scenario(

@@ -124,6 +124,11 @@ def explain_virtio(device, value) -> Explained | None:
               "not taken", f"guest memory {avail + 2:#x}", settable=False)  # fmt: skip
         x.add(f"{name}.used_idx", ring.used_idx, f"{in_flight} taken by the device, not yet used",
               f"guest memory {used + 2:#x}", settable=False)  # fmt: skip
+        if ring.used_idx:  # the request the device completed last, still in the table
+            entry = ring.used_entry(ring.used_idx - 1)
+            if entry is not None:
+                x.add(f"{name}.last_used", entry[0], f"{_chain_text(model, ring, ring.chain(entry[0]))}; "
+                      f"{entry[1]} bytes written", f"guest memory {used + 4:#x}", settable=False)  # fmt: skip
         for label, start, n in (("waiting", last, waiting), ("in_flight", ring.used_idx, in_flight)):
             if not n:
                 continue
@@ -158,13 +163,27 @@ class Ring:
     def avail_entry(self, index: int) -> int | None:
         return self._u16(self.avail + 4 + 2 * (index % self.num))
 
+    def used_entry(self, index: int) -> tuple[int, int] | None:
+        """(descriptor id, bytes written) of used ring entry ``index``."""
+        raw = self._read(self.used + 4 + 8 * (index % self.num), 8)
+        return None if raw is None else struct.unpack("<II", raw)
+
     def chain(self, head: int | None) -> list[tuple[int, int, int]]:
-        """(addr, len, flags) of each descriptor of the chain at ``head`` (indirect tables not
-        followed), at most ``num`` long: a looping chain stops."""
+        """(addr, len, flags) of each descriptor of the chain at ``head``, an indirect table's
+        entries in its place (2.7.5.3), at most ``num`` long: a looping chain stops."""
+        out: list[tuple[int, int, int]] = []
+        for addr, length, flags in self._walk(self.desc, self.num, head):
+            if flags & DESC_F_INDIRECT and length >= 16:
+                out += self._walk(addr, length // 16, 0)
+            else:
+                out.append((addr, length, flags))
+        return out
+
+    def _walk(self, table: int, size: int, head: int | None) -> list[tuple[int, int, int]]:
         out: list[tuple[int, int, int]] = []
         index = head
-        while index is not None and index < self.num and len(out) < self.num:
-            raw = self._read(self.desc + 16 * index, 16)
+        while index is not None and index < size and len(out) < size:
+            raw = self._read(table + 16 * index, 16)
             if raw is None:
                 break
             addr, length, flags, nxt = struct.unpack("<QIHH", raw)
@@ -181,11 +200,11 @@ def _chain_text(model: str, ring: Ring, chain: list[tuple[int, int, int]]) -> st
         return "(unreadable chain)"
     parts = []
     for addr, length, flags in chain:
-        kind = "indirect" if flags & DESC_F_INDIRECT else "w" if flags & DESC_F_WRITE else "r"
+        kind = "w" if flags & DESC_F_WRITE else "r"
         parts.append(f"{kind} {addr:#x}+{length}")
     text = " ".join(parts)
     addr, length, flags = chain[0]
-    if model == "virtio-blk" and length >= 16 and not flags & (DESC_F_WRITE | DESC_F_INDIRECT):
+    if model == "virtio-blk" and length >= 16 and not flags & DESC_F_WRITE:
         header = ring.read(addr, 16)
         if header is not None:
             kind, _prio, sector = struct.unpack("<IIQ", header)
