@@ -154,6 +154,8 @@ def test_e1000_rings_point_at_the_drivers_descriptors(snapshot, name):
         tx = snap.physical.read(x.get("TX ring"), x.get("TDLEN"))
         sent = [tx[16 * i : 16 * i + 16] for i in range(tdh)]
         assert tdh == tdt, "the transmit queue drained before the stop"
-        assert bool(sent) == bool(x.get("GPTC")) and x.get("GPTC") == x.get("TPT")
+        assert sent, "the guest sent packets"
+        # clear-on-read counters: the driver's watchdog reads both every 2 s, so they agree
+        assert x.get("GPTC") == x.get("TPT")
         # each sent descriptor: a buffer address and a length (the driver clears only the status)
         assert all(int.from_bytes(d[:8], "little") and int.from_bytes(d[8:10], "little") for d in sent)
