@@ -112,10 +112,11 @@ def render(found: list[Explained]) -> str:
     lines = []
     for x in found:
         lines.append(f"{x.device}: {x.kind}")
+        width = max([14, *(len(v.name) for v in x.values)])
         for v in x.values:
             shown = v.value if isinstance(v.value, str) else ""
             shown = f"{v.value:#x}" if isinstance(v.value, int) else shown
-            lines.append(f"  {v.name:<14} {shown:<20} {v.text}   [{v.source}]")
+            lines.append(f"  {v.name:<{width}} {shown:<20} {v.text}   [{v.source}]")
     return "\n".join(lines)
 
 
