@@ -127,9 +127,9 @@ def explain_virtio(device, value) -> Explained | None:
         if ring.used_idx:  # the request the device completed last, still in the table
             entry = ring.used_entry(ring.used_idx - 1)
             if entry is not None:
-                x.add(f"{name}.last_used", entry[0], f"{_chain_text(model, ring, ring.chain(entry[0]))}; "
-                      f"{entry[1]} bytes written (descriptors as the table holds them now: the driver may have reused "
-                      "them)", f"guest memory {used + 4:#x}", settable=False)  # fmt: skip
+                text = (f"{_chain_text(model, ring, ring.chain(entry[0]))}; {entry[1]} bytes written "
+                        "(descriptors as the table holds them now: the driver may reuse them)")  # fmt: skip
+                x.add(f"{name}.last_used", entry[0], text, f"guest memory {used + 4:#x}", settable=False)
         for label, start, n in (("waiting", last, waiting), ("in_flight", ring.used_idx, in_flight)):
             if not n:
                 continue
