@@ -305,3 +305,34 @@ def test_virtio_blk_queue_and_its_last_request_are_the_guests(snapshot):
         )
         assert m, last
         assert int(m[1]) in (sector, (n + 1) % 1000 * 8), (last, reads[-1])
+
+
+@pytest.mark.qemu
+@pytest.mark.qemu10
+@pytest.mark.linux
+def test_ahci_is_what_linuxs_ahci_driver_printed(snapshot):
+    """q35's AHCI controller as Linux's ahci driver reported it at probe (the guest's dmesg in its
+    report): version, command slots, ports, speed, implemented ports and the capability flags it
+    names; each port's SStatus and SControl from its 'SATA link down' line; and the command list
+    and FIS areas the driver gave every port lie in guest RAM."""
+    meta = snapshot("linux-q35-3nic-qemu10")
+    ata = "\n".join(_section(meta.console, "ata"))
+    hba = re.search(r"AHCI (\S+) (\d+) slots (\d+) ports (\S+ Gbps) (0x[0-9a-f]+) impl", ata)
+    assert hba, ata
+    flags = re.search(r"flags: (.*)$", ata, re.M)[1].split()
+    links = {int(n) - 1: (int(s, 16), int(c, 16)) for n, s, c in
+             re.findall(r"ata(\d+): SATA link down \(SStatus (\S+) SControl (\S+)\)", ata)}  # fmt: skip
+    assert links, ata
+    with Snapshot.open(meta.path) as snap:
+        x = _kind(snap, "AHCI HBA")
+        cap = next(v.text for v in x.values if v.name == "CAP")
+        assert cap.startswith(f"{hba[2]} slots {hba[3]} ports {hba[4]}"), (cap, hba[0])
+        assert next(v.text for v in x.values if v.name == "VS") == f"AHCI {hba[1]}"
+        assert x.get("PI") == int(hba[5], 16)
+        ours = {f.split("(")[1].rstrip(")") for f in cap.split("; ")[1].split() if "(" in f}
+        assert ours == set(flags), (ours, flags)  # 64bit ncq only: the three Linux names
+        for port, (sstatus, scontrol) in links.items():
+            assert (x.get(f"P{port}SSTS"), x.get(f"P{port}SCTL")) == (sstatus, scontrol), port
+            for area in ("CLB", "FB"):
+                snap.physical.read(x.get(f"P{port}{area}"), 256)  # in RAM: readable
+            assert x.get(f"P{port}CMD") & 0x10, "FIS receive enabled by the driver"

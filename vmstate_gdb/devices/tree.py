@@ -15,6 +15,8 @@ from ..stream.index import Section, StreamIndex
 from . import library
 from .fields import Array, Group, Leaf, Node
 
+_INDEXED = re.compile(r"(.+)\[(\d+)\]")  # an array element's name, as the JSON's "index" gives it
+
 # A hand decoder: (field json, path, offset, read) -> Node, or None to keep the generic form.
 BlobDecoder = Callable[[dict, str, int, Callable[[int, int], bytes], str], Node | None]
 _blob_decoders: dict[str, BlobDecoder] = {}
@@ -152,6 +154,10 @@ class DeviceTree:
             raise ValueError(f"field {name!r} is larger than its section")
         if "index" in f:
             name = f"{name}[{f['index']}]"
+        elif group.members and (last := _INDEXED.fullmatch(group.members[-1].name)) and last[1] == name:
+            # QEMU writes "index" only while more elements follow (vmsd_desc_field_start gets the
+            # count of those left), so an array's last element comes without one
+            name = f"{name}[{int(last[2]) + 1}]"
         path = f"{group.path}/{name}"
         if "array_len" in f:
             node = Array(
