@@ -56,6 +56,8 @@ report() {  # parent-pid child-pid
     [ -c /dev/ttyS0 ] && stty -F /dev/ttyS0 2>/dev/null
     echo "@interrupts"
     cat /proc/interrupts
+    echo "@ata"  # what the ahci driver found at probe (q35's AHCI controller)
+    dmesg | grep -E ' (ahci [0-9a-f:.]+|ata[0-9]+): '
     echo "vmstate-marker: guest report" > /dev/kmsg
     echo "@dmesg"
     dmesg | tail -n 1

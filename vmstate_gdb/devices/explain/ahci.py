@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from . import Explained, register
 
-CAP = {31: "S64A(64bit)", 30: "SNCQ(ncq)", 29: "SSNTF", 28: "SMPS", 27: "SSS", 26: "SALP", 25: "SAL",
-       24: "SCLO", 18: "SAM(ahci only)", 17: "SPM", 16: "FBSS", 15: "PMD", 14: "SSC", 13: "PSC",
-       7: "CCCS", 6: "EMS", 5: "SXS"}  # fmt: skip
+# each with the word Linux's ahci_print_info uses for it ("flags: 64bit ncq only")
+CAP = {31: "S64A(64bit)", 30: "SNCQ(ncq)", 29: "SSNTF(sntf)", 28: "SMPS(ilck)", 27: "SSS(stag)",
+       26: "SALP(pm)", 25: "SAL(led)", 24: "SCLO(clo)", 18: "SAM(only)", 17: "SPM(pmp)",
+       16: "FBSS(fbs)", 15: "PMD(pio)", 14: "SSC(slum)", 13: "PSC(part)", 7: "CCCS(ccc)", 6: "EMS(ems)",
+       5: "SXS(sxs)"}  # fmt: skip
 GHC = {31: "AE", 1: "IE", 0: "HR"}
 PORT_CMD = {0: "ST", 1: "SUD", 2: "POD", 3: "CLO", 4: "FRE", 14: "FR", 15: "CR", 16: "CPS", 17: "PMA",
             18: "HPCP", 19: "MPSP", 20: "CPD", 21: "ESP", 22: "FBSCP", 23: "APSTE", 24: "ATAPI",
