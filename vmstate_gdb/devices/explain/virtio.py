@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 
+from ...errors import EditError
 from . import Explained, register
 
 STATUS = {0: "ACKNOWLEDGE", 1: "DRIVER", 2: "DRIVER_OK", 3: "FEATURES_OK", 6: "DEVICE_NEEDS_RESET",
@@ -89,8 +90,9 @@ def explain_virtio(device, value) -> Explained | None:
     x.add("features", features, " ".join(feature_names(model, features)) or "none",
           "virtio/guest_features_lo" if at is None else "virtio/64bit_features")  # fmt: skip
     x.add("isr", value("virtio/isr"), "interrupt status (bit 0 queue, bit 1 config)", "virtio/isr")
-    x.add("config_vector", value("virtio/config_vector"), "MSI-X vector of config changes",
-          "virtio/config_vector")  # fmt: skip
+    if _has(value, "virtio/config_vector"):  # PCI's MSI-X; virtio-mmio has one interrupt
+        x.add("config_vector", value("virtio/config_vector"), "MSI-X vector of config changes",
+              "virtio/config_vector")  # fmt: skip
     rings = subsection(blob, "virtio/virtqueues")
     count = value("virtio/num_queues")
     names = queue_names(model, count)
@@ -106,7 +108,7 @@ def explain_virtio(device, value) -> Explained | None:
             avail = desc + 16 * num
             used = (avail + 6 + 2 * num + 4095) & ~4095
         last = value(f"{q}/last_avail_idx")
-        vector = value(f"{q}/vector")
+        vector = value(f"{q}/vector") if _has(value, f"{q}/vector") else 0xFFFF
         ring = Ring(memory, num, desc, avail, used)
         name = names[i]
         text = f"{num} entries: desc {desc:#x} avail {avail:#x} used {used:#x}; vector " + (
@@ -139,6 +141,14 @@ def explain_virtio(device, value) -> Explained | None:
             x.add(f"{name}.{label}", n, "; ".join(lines) + more, f"guest memory {avail + 4:#x}",
                   settable=False)  # fmt: skip
     return x
+
+
+def _has(value, rel: str) -> bool:
+    try:
+        value.node(rel)
+    except EditError:
+        return False
+    return True
 
 
 class Ring:
