@@ -6,6 +6,7 @@ its sockets, state and logs go under the XDG dirs given, never /run/libvirt. TCG
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -74,10 +75,25 @@ class Libvirtd:
                 raise RuntimeError(f"libvirtd did not start; log {self.log}:\n{self.log.read_text()[-2000:]}")
             time.sleep(0.1)
 
+    def qemu_pids(self) -> list[int]:
+        """The QEMUs this daemon runs, from its pid files (QEMU's argv checked against pid reuse)."""
+        pids = []
+        for pidfile in (self.root / "run/libvirt/qemu").glob("**/*.pid"):
+            try:
+                pid = int(pidfile.read_text().strip())
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"qemu-system" in f.read().split(b"\0")[0]:
+                        pids.append(pid)
+            except (OSError, ValueError):
+                continue
+        return pids
+
     def stop(self) -> None:
-        """End the daemon and the QEMUs it started (all in its process group)."""
+        """End the daemon (its process group) and the QEMUs it started: libvirt puts each QEMU in
+        a session of its own, so they are ended by pid."""
         if self.proc is None:
             return
+        qemus = self.qemu_pids()
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)
@@ -87,6 +103,9 @@ class Libvirtd:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.proc = None
+        for pid in qemus:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def cleanup(self) -> None:
         self.stop()

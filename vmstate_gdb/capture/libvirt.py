@@ -1,20 +1,31 @@
 """VMs managed by libvirt, reached through its QMP pass-through (``qemu-monitor-command``).
 
 The libvirt Python binding is used when it is installed, else the ``virsh`` client; either way
-remote hosts are reached with libvirt URIs (``qemu+ssh://host/system``). Snapshot paths are on
-the host where QEMU runs, and QEMU writes them as its own user (libvirt-qemu), so -o must be a
-directory that user may write. libvirt reports no QMP events through this path: ``watch`` needs
-``--qmp``.
+remote hosts are reached with libvirt URIs (``qemu+ssh://host/system``), several at once, each
+over libvirt's own remote protocol. How the stream reaches a file, in order of preference:
+
+* ``file:`` (QEMU >= 8.2): QEMU opens the path itself, on its host, as its own user;
+* ``fd:`` (local connection, binding): this process opens the file and hands QEMU the descriptor
+  with ``getfd`` (virDomainQemuMonitorCommandWithFiles), so -o need not be writable by QEMU;
+* ``exec:`` otherwise. libvirt starts QEMU with ``-sandbox ...,spawn=deny`` (qemu.conf
+  ``seccomp_sandbox``, on by default) and QEMU is *killed* when it runs the shell of ``exec:``, so
+  such a VM is refused before anything is stopped unless ``VMSTATE_LIBVIRT_EXEC=1`` says the
+  host's qemu.conf has ``seccomp_sandbox = 0``.
+
+libvirt reports no QMP events through this path: ``watch`` needs ``--qmp``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmstate_gdb.capture.monitor import COMMAND_TIMEOUT, Monitor
@@ -25,6 +36,8 @@ ABSENT = (
     "--libvirt: libvirt is not available here (no libvirt Python binding, no virsh); "
     "install python3-libvirt or libvirt-clients, or reach the VMs with --qmp SOCKET"
 )
+FD_NAME = "vmstate-capture"
+EXEC_ALLOWED = "VMSTATE_LIBVIRT_EXEC"
 
 
 def _is_local(uri: str | None) -> bool:
@@ -32,13 +45,34 @@ def _is_local(uri: str | None) -> bool:
     return uri is None or uri.partition("://")[2].startswith("/")
 
 
+@dataclass
+class Target:
+    """One libvirt connection and what to capture there: named domains, and/or all running ones."""
+
+    uri: str | None
+    domains: list[str] = field(default_factory=list)
+    all_running: bool = False
+
+    @property
+    def where(self) -> str:
+        return self.uri or "libvirt default URI"
+
+
 class LibvirtMonitor(Monitor):
     supports_events = False
 
-    def __init__(self, domain: str, uri: str | None, handle: Any = None):
+    def __init__(
+        self,
+        domain: str,
+        uri: str | None,
+        handle: Any = None,
+        pool: concurrent.futures.Executor | None = None,
+    ):
         self.label = domain
         self.uri = uri
+        self.host = uri
         self._domain = handle  # a libvirt.virDomain, or None to go through virsh
+        self._pool = pool
         self.local = _is_local(uri)
         self.pid = self._local_pid() if self.local else None
 
@@ -53,21 +87,33 @@ class LibvirtMonitor(Monitor):
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT
     ) -> Any:
         message = json.dumps({"execute": command, **({"arguments": arguments} if arguments else {})})
+        return await self._call(command, timeout, self._send, message)
+
+    async def _call(self, command: str, timeout: float, send: Any, *args: Any) -> Any:
         try:
-            reply = await asyncio.wait_for(self._send(message), timeout)
+            reply = await asyncio.wait_for(send(*args), timeout)
         except TimeoutError:
             raise QemuError(
                 f"{self.label}: {command}: no answer from libvirt within {timeout:.0f} s"
             ) from None
+        except QemuError:
+            raise
+        except Exception as exc:  # libvirtError: daemon gone, domain gone, monitor closed
+            raise QemuError(f"{self.label}: {command}: {_message(exc)}") from None
         data = json.loads(reply)
         if "error" in data:
             raise QemuError(f"{self.label}: {command}: {data['error'].get('desc', data['error'])}")
         return data.get("return")
 
+    async def _in_thread(self, func: Any, *args: Any) -> Any:
+        """libvirt calls block: each runs in the capture's own pool, one thread per VM, so the
+        stops of many VMs go out together."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+
     async def _send(self, message: str) -> str:
         if self._domain is not None:
             qemu = importlib.import_module("libvirt_qemu")
-            return await asyncio.to_thread(qemu.qemuMonitorCommand, self._domain, message, 0)
+            return await self._in_thread(qemu.qemuMonitorCommand, self._domain, message, 0)
         argv = ["virsh", *(["-c", self.uri] if self.uri else []), "qemu-monitor-command", self.label, message]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -78,34 +124,140 @@ class LibvirtMonitor(Monitor):
             raise QemuError(f"{self.label}: virsh: {text[-1] if text else f'exit code {proc.returncode}'}")
         return out.decode()
 
+    def _passes_fds(self) -> bool:
+        qemu = importlib.import_module("libvirt_qemu") if self._domain is not None else None
+        return self.local and hasattr(qemu, "qemuMonitorCommandWithFiles")
+
+    def capture_blocker(self, file_uri: bool) -> str | None:
+        if file_uri or self._passes_fds() or os.environ.get(EXEC_ALLOWED) == "1":
+            return None
+        return (
+            "QEMU < 8.2 on a remote libvirt host: exec: migration would run a shell, and libvirt's "
+            "seccomp sandbox (spawn=deny) kills QEMU for it; needs QEMU >= 8.2 (file:) or a local "
+            f"connection (fd passing); {EXEC_ALLOWED}=1 if that host has seccomp_sandbox = 0"
+        )
+
+    async def migration_uri(self, path: str, file_uri: bool) -> tuple[str, str]:
+        if file_uri or not self._passes_fds():
+            return await super().migration_uri(path, file_uri)
+        qemu = importlib.import_module("libvirt_qemu")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        message = json.dumps({"execute": "getfd", "arguments": {"fdname": FD_NAME}})
+
+        async def send() -> str:
+            result = await self._in_thread(qemu.qemuMonitorCommandWithFiles, self._domain, message, [fd], 0)
+            return result[0]
+
+        try:
+            await self._call("getfd", COMMAND_TIMEOUT, send)
+        except QemuError:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)  # QEMU has its own copy now
+        return "fd", f"fd:{FD_NAME}"
+
+
+def _message(exc: BaseException) -> str:
+    """libvirtError's text without libvirt's prefix, on one line."""
+    get = getattr(exc, "get_error_message", None)
+    text = (get() if get else None) or str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
 
 def _binding() -> Any | None:
     try:
         importlib.import_module("libvirt_qemu")
-        return importlib.import_module("libvirt")
+        libvirt = importlib.import_module("libvirt")
     except ImportError:
         return None
+    # libvirt prints every error to stderr by default; ours are one line each, raised instead
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def _lookup(libvirt: Any, target: Target) -> tuple[Any, list[tuple[str, Any]]]:
+    """Open ``target``'s connection and find its domains (blocking; one thread per URI)."""
+    try:
+        conn = libvirt.open(target.uri)
+    except libvirt.libvirtError as exc:
+        raise QemuError(f"{target.where}: cannot connect: {_message(exc)}") from None
+    try:
+        found: dict[str, Any] = {}
+        for name in target.domains:
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                raise QemuError(f"{target.where}: {name}: {_message(exc)}") from None
+            if not dom.isActive():
+                raise QemuError(f"{target.where}: {name}: domain is not running")
+            found[name] = dom
+        if target.all_running:
+            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING):
+                found.setdefault(dom.name(), dom)
+            if not found:
+                raise QemuError(f"{target.where}: no running domains")
+    except BaseException:
+        _close(conn)
+        raise
+    return conn, sorted(found.items()) if target.all_running else list(found.items())
+
+
+def _close(conn: Any) -> None:
+    with contextlib.suppress(Exception):  # a daemon that died mid-capture: nothing left to close
+        conn.close()
 
 
 @contextlib.asynccontextmanager
-async def open_libvirt_all(domains: list[str], uri: str | None) -> AsyncIterator[list[Monitor]]:
-    """A monitor per libvirt domain; one clear error when libvirt or a domain is missing."""
-    if not domains:
-        raise QemuError("--libvirt needs at least one domain name")
+async def open_libvirt_all(targets: list[Target]) -> AsyncIterator[list[Monitor]]:
+    """A monitor per domain of every target, all connections opened together. All or none: an
+    unreachable daemon or an unknown domain is one error naming its URI before anything is stopped
+    (a capture of a set of VMs is for one instant of that whole set)."""
+    if not any(t.domains or t.all_running for t in targets):
+        raise QemuError("--libvirt needs at least one domain name or --all-running")
     libvirt = _binding()
     if libvirt is None and shutil.which("virsh") is None:
         raise QemuError(ABSENT)
-    if libvirt is not None:
-        try:
-            conn = await asyncio.to_thread(libvirt.open, uri)
-            monitors: list[Monitor] = [LibvirtMonitor(d, uri, conn.lookupByName(d)) for d in domains]
-        except libvirt.libvirtError as exc:
-            raise QemuError(f"--libvirt: {exc}") from None
-        try:
+    if libvirt is None:
+        async with _open_with_virsh(targets) as monitors:
             yield monitors
-        finally:
-            conn.close()
         return
-    monitors = [LibvirtMonitor(d, uri) for d in domains]
-    await asyncio.gather(*(m.execute("query-status") for m in monitors))  # domain exists, is running
+    opened = await asyncio.gather(
+        *(asyncio.to_thread(_lookup, libvirt, t) for t in targets), return_exceptions=True
+    )
+    conns = [o[0] for o in opened if isinstance(o, tuple)]
+    try:
+        errors = [o for o in opened if isinstance(o, BaseException)]
+        if errors:
+            raise errors[0] if isinstance(errors[0], QemuError) else QemuError(_message(errors[0]))
+        count = sum(len(domains) for _, domains in opened)
+        with concurrent.futures.ThreadPoolExecutor(count + 2, "libvirt") as pool:  # a thread per VM
+            monitors: list[Monitor] = []
+            for target, (_, domains) in zip(targets, opened, strict=True):
+                monitors += [LibvirtMonitor(name, target.uri, dom, pool) for name, dom in domains]
+            yield monitors
+    finally:
+        for conn in conns:
+            _close(conn)
+
+
+@contextlib.asynccontextmanager
+async def _open_with_virsh(targets: list[Target]) -> AsyncIterator[list[Monitor]]:
+    monitors: list[Monitor] = []
+    for target in targets:
+        names = list(target.domains)
+        if target.all_running:
+            argv = ["virsh", *(["-c", target.uri] if target.uri else []), "list", "--name", "--state-running"]
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+            out, err = await proc.communicate()
+            if proc.returncode != 0:
+                raise QemuError(f"{target.where}: virsh list: {_message(Exception(err.decode()))}")
+            names += [n for n in out.decode().split() if n not in names]
+        monitors += [LibvirtMonitor(d, target.uri) for d in names]
+    checks = await asyncio.gather(*(m.execute("query-status") for m in monitors), return_exceptions=True)
+    for monitor, check in zip(monitors, checks, strict=True):
+        if isinstance(check, BaseException):
+            raise QemuError(f"{monitor.host or 'libvirt default URI'}: {check}")
     yield monitors

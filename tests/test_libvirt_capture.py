@@ -1,0 +1,360 @@
+"""`vmstate capture` through libvirt, several hosts at one instant (issue 12).
+
+Two private daemons (tests/libvirtd.py, separate roots and sockets) stand for two hosts: the
+small guest runs once on the first and twice on the second, each with an e1000 of its own MAC.
+The capture goes through the CLI and libvirt's remote protocol; libvirt's own state and the
+guests' TICK lines on their serial consoles prove they run again afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_libvirt_real import NIC_XML, small_domain_xml
+
+ROOT = Path(__file__).resolve().parent.parent
+VMSTATE = ROOT / ".venv/bin/vmstate"
+HOSTS = {
+    "h1": {"lv-a": "52:54:00:00:0a:01"},
+    "h2": {"lv-b": "52:54:00:00:0b:02", "lv-c": "52:54:00:00:0c:03"},
+}
+TICK = re.compile(r"^TICK (\d+) ", re.M)
+
+
+class Host:
+    """A private libvirtd with its domains (name -> (libvirt.virDomain, console path, MAC))."""
+
+    def __init__(self, root: Path):
+        from libvirtd import Libvirtd
+
+        self.daemon = Libvirtd(root)
+        self.conn = None
+        self.domains: dict[str, tuple[object, Path, str]] = {}
+
+    @property
+    def uri(self) -> str:
+        return self.daemon.uri
+
+    def start(self, domains: dict[str, str], defined_only: tuple[str, ...] = ()) -> None:
+        import libvirt
+
+        self.daemon.start()
+        self.conn = libvirt.open(self.uri)
+        for name, mac in domains.items():
+            xml, console = small_domain_xml(self.daemon, name)
+            dom = self.conn.defineXML(xml.replace("<memballoon model='none'/>", NIC_XML.format(mac=mac)))
+            dom.create()
+            self.domains[name] = (dom, console, mac)
+        for name in defined_only:  # known to libvirt but shut off: --all-running must skip it
+            self.conn.defineXML(small_domain_xml(self.daemon, name)[0])
+
+    def wait_ticking(self) -> dict[str, int]:
+        """Each guest's last TICK once it has printed one."""
+        return {name: last_tick(console) for name, (_, console, _) in self.domains.items()}
+
+    def close(self) -> None:
+        """Destroy the domains, end the daemon (by its process group) and the QEMUs it left
+        (libvirt starts each QEMU in a session of its own, so they are ended by pid)."""
+        if self.conn is not None:
+            for dom, _, _ in self.domains.values():
+                try:
+                    dom.destroy()
+                except Exception:  # the daemon is gone (a fault test killed it)
+                    break
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+        self.daemon.cleanup()
+
+
+def last_tick(console: Path, after: int = -1, timeout: float = 30.0) -> int:
+    """The guest's last TICK number, waiting until it is above ``after``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ticks = (
+            [int(n) for n in TICK.findall(console.read_text(errors="replace"))] if console.exists() else []
+        )
+        if ticks and ticks[-1] > after:
+            return ticks[-1]
+        assert time.monotonic() < deadline, f"{console}: no TICK above {after}: {ticks[-5:]}"
+        time.sleep(0.1)
+
+
+def _new_root(prefix: str) -> Path:
+    """Outside pytest's tmp (0700, root's): each daemon runs as nobody."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def _host(prefix: str, domains: dict[str, str], defined_only: tuple[str, ...] = ()) -> Host:
+    host = Host(_new_root(prefix))
+    reason = host.daemon.unusable()
+    if reason:
+        pytest.skip(reason)
+    try:
+        host.start(domains, defined_only)
+    except BaseException:
+        host.close()
+        raise
+    return host
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_libvirt() -> None:
+    """libvirt prints each error to stderr as well; a daemon killed on purpose makes some."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[dict[str, Host]]:
+    made: dict[str, Host] = {}
+    try:
+        made["h1"] = _host("vmcap-h1-", HOSTS["h1"])
+        made["h2"] = _host("vmcap-h2-", HOSTS["h2"], defined_only=("lv-off",))
+        for host in made.values():
+            host.wait_ticking()
+        yield made
+    finally:
+        for host in made.values():
+            host.close()
+
+
+@pytest.fixture
+def out_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="vmcap-out-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def vmstate(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VMSTATE), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
+
+
+def assert_all_running(hosts: dict[str, Host], before: dict[str, int]) -> None:
+    """libvirt says running and each guest's TICK counter went on past ``before``."""
+    import libvirt
+
+    for host in hosts.values():
+        for name, (dom, console, _) in host.domains.items():
+            assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING, (name, dom.state())
+            last_tick(console, after=before[name])
+
+
+def ticks_now(hosts: dict[str, Host]) -> dict[str, int]:
+    return {name: n for host in hosts.values() for name, n in host.wait_ticking().items()}
+
+
+def info_json(path: str) -> dict:
+    proc = vmstate("info", path, "--json", env={"VMSTATE_INDEX_CACHE": "off"})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_two_hosts_one_instant(hosts, out_dir: Path) -> None:
+    """--libvirt URI --domain per host: three domains stopped together, each file opens with its
+    own MAC, skew per domain in the report, all running again."""
+    h1, h2 = hosts["h1"], hosts["h2"]
+    before = ticks_now(hosts)
+    proc = vmstate(
+        "capture", "--libvirt", h1.uri, "--domain", "lv-a", "--libvirt", h2.uri, "--domain", "lv-b,lv-c",
+        "-o", str(out_dir), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    vms = {v["name"]: v for v in report["vms"]}
+    assert sorted(vms) == ["lv-a", "lv-b", "lv-c"]
+    print(
+        f"libvirt, 2 daemons: reply skew {report['reply_skew_s'] * 1e3:.2f} ms; "
+        + ", ".join(
+            f"{n} +{v['stop_offset_s'] * 1e3:.2f} ms {v['size']} B {v['duration_s']:.3f} s"
+            for n, v in vms.items()
+        )
+    )
+    assert 0 <= report["reply_skew_s"] < 0.5
+    for name, v in vms.items():
+        host = h1 if name == "lv-a" else h2
+        assert v["ok"] and v["resumed"] and v["stopped_by_us"] and v["host"] == host.uri, v
+        assert v["method"] == "fd" and 0 <= v["stop_offset_s"] <= report["reply_skew_s"]
+        assert os.path.getsize(v["path"]) == v["size"] > 0
+        meta = json.loads(Path(v["meta_path"]).read_text())
+        assert meta["name"] == name and meta["format"] == "stream"
+        info = info_json(v["path"])
+        assert host.domains[name][2] in json.dumps(info).lower(), info
+    assert sorted(p.name.split("-2")[0] for p in out_dir.glob("*.vmstate")) == ["lv-a", "lv-b", "lv-c"]
+    assert_all_running(hosts, before)
+
+
+def test_all_running_and_text_report(hosts, out_dir: Path) -> None:
+    """--all-running takes every running domain of its URI (not the shut-off lv-off); the old
+    ``--connect URI --libvirt DOMAIN`` form still names domains too."""
+    h1, h2 = hosts["h1"], hosts["h2"]
+    before = ticks_now(hosts)
+    proc = vmstate(
+        "capture",
+        "--connect",
+        h1.uri,
+        "--libvirt",
+        "lv-a",
+        "--libvirt",
+        h2.uri,
+        "--all-running",
+        "-o",
+        str(out_dir),
+    )
+    assert proc.returncode == 0, proc.stderr
+    print(proc.stdout)
+    assert re.search(r"^stopped 3 VMs: stop skew \d+\.\d\d ms between replies$", proc.stdout, re.M), (
+        proc.stdout
+    )
+    offsets = re.search(r"^stop replies after the first: (.*)$", proc.stdout, re.M)
+    assert offsets and len(re.findall(r"lv-[abc] \(qemu\+unix://[^)]+\) \+\d+\.\d\d ms", offsets[1])) == 3
+    for name, host in (("lv-a", h1), ("lv-b", h2), ("lv-c", h2)):
+        line = (
+            rf"^{name} \({re.escape(host.uri)}\): \S+\.vmstate  [\d.]+ [KM]iB in [\d.]+ s \(fd:\), resumed$"
+        )
+        assert re.search(line, proc.stdout, re.M), (name, proc.stdout)
+    assert "lv-off" not in proc.stdout and "3 of 3 VMs captured" in proc.stdout
+    assert_all_running(hosts, before)
+
+
+def test_unknown_domain_stops_nothing(hosts, out_dir: Path) -> None:
+    """A name that is not there is refused before any VM is stopped: a capture is for one instant
+    of the whole set, and a set with a typo in it is not the one asked for."""
+    h1, h2 = hosts["h1"], hosts["h2"]
+    proc = vmstate(
+        "capture", "--libvirt", h2.uri, "--all-running", "--libvirt", h1.uri, "--domain", "lv-a,no-such",
+        "-o", str(out_dir), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vmstate: {h1.uri}: no-such: "), proc.stderr
+    assert "Domain not found" in lines[0], lines[0]
+    assert list(out_dir.iterdir()) == []
+    for host in hosts.values():
+        for name, (dom, _, _) in host.domains.items():
+            assert dom.state()[0] == 1, name  # running, never paused
+
+
+def test_unreachable_daemon_stops_nothing(hosts, out_dir: Path) -> None:
+    dead = f"qemu+unix:///session?socket={out_dir}/no-daemon-sock"
+    proc = vmstate(
+        "capture",
+        "--libvirt",
+        hosts["h1"].uri,
+        "--all-running",
+        "--libvirt",
+        dead,
+        "--domain",
+        "x",
+        "-o",
+        str(out_dir),
+    )
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"vmstate: {dead}: cannot connect: ") and "Traceback" not in proc.stderr
+    assert list(out_dir.iterdir()) == []
+
+
+def test_daemon_killed_mid_capture(hosts, out_dir: Path) -> None:
+    """A third daemon is killed (its process group) while its domain is stopped and before it is
+    saved: one line names that URI and domain; the other host's domains are saved and resumed;
+    the killed host's domain leaves no file."""
+    import libvirt
+
+    victim = _host("vmcap-h3-", {"lv-v": "52:54:00:00:0d:04"})
+    try:
+        victim.wait_ticking()
+        before = ticks_now(hosts)
+        dom = victim.domains["lv-v"][0]
+        proc = subprocess.Popen(
+            [str(VMSTATE), "capture", "--libvirt", victim.uri, "--domain", "lv-v", "--libvirt",
+             hosts["h2"].uri, "--all-running", "-o", str(out_dir), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "VMSTATE_TEST_HOLD_STOPPED": "3"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        os.killpg(victim.daemon.proc.pid, signal.SIGKILL)
+        victim.daemon.proc.wait()
+        out, err = proc.communicate(timeout=60)
+        print(err)
+        assert proc.returncode == 1, (out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"vmstate: {victim.uri}: lv-v: "), err
+        assert "cannot resume" in lines[0] and "Traceback" not in err, err
+        report = {v["name"]: v for v in json.loads(out)["vms"]}
+        assert not report["lv-v"]["ok"] and not report["lv-v"]["resumed"]
+        assert report["lv-b"]["ok"] and report["lv-c"]["ok"]
+        assert sorted(p.name.split("-2")[0] for p in out_dir.glob("*.vmstate")) == ["lv-b", "lv-c"]
+        assert_all_running({"h2": hosts["h2"]}, before)
+    finally:
+        victim.close()
+
+
+def _tiny_tmpfs(path: Path, size: str) -> None:
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+
+
+def test_output_full(hosts, out_dir: Path) -> None:
+    """-o on a 256 KiB tmpfs: every stream fails, no file is left, every domain runs on, and each
+    failure is one line with its URI and domain."""
+    full = out_dir / "tiny"
+    full.mkdir()
+    _tiny_tmpfs(full, "256k")
+    try:
+        before = ticks_now(hosts)
+        args = ["capture", "--libvirt", hosts["h1"].uri, "--all-running", "--libvirt", hosts["h2"].uri]
+        proc = vmstate(*args, "--domain", "lv-b,lv-c", "-o", str(full), "--json")
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 3 and "Traceback" not in proc.stderr, proc.stderr
+        for host in hosts.values():
+            for name in host.domains:
+                assert sum(line.startswith(f"vmstate: {host.uri}: {name}: ") for line in lines) == 1, lines
+        for v in json.loads(proc.stdout)["vms"]:
+            assert not v["ok"] and v["resumed"] and f"({full} is full: " in v["error"], v
+        assert list(full.iterdir()) == []
+        assert_all_running(hosts, before)
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+
+
+def test_targets_from_arguments() -> None:
+    from vmstate_gdb.capture.cli import libvirt_targets
+    from vmstate_gdb.errors import QemuError
+
+    spec = [("libvirt", "a,b"), ("libvirt", "qemu+ssh://h1/system"), ("domain", "c"), ("all_running", []),
+            ("libvirt", "qemu+ssh://h2/system"), ("domain", "d,e"), ("domain", "e")]  # fmt: skip
+    got = [(t.uri, t.domains, t.all_running) for t in libvirt_targets(spec, "qemu:///system")]
+    assert got == [
+        ("qemu:///system", ["a", "b"], False),
+        ("qemu+ssh://h1/system", ["c"], True),
+        ("qemu+ssh://h2/system", ["d", "e"], False),
+    ]
+    assert [(t.uri, t.domains) for t in libvirt_targets([("domain", "x")], None)] == [(None, ["x"])]
+    with pytest.raises(QemuError, match="qemu:///x: name its domains"):
+        libvirt_targets([("libvirt", "qemu:///x")], None)
