@@ -12,7 +12,9 @@ over libvirt's own remote protocol. How the stream reaches a file, in order of p
   such a VM is refused before anything is stopped unless ``VMSTATE_LIBVIRT_EXEC=1`` says the
   host's qemu.conf has ``seccomp_sandbox = 0``.
 
-libvirt reports no QMP events through this path: ``watch`` needs ``--qmp``.
+QMP events (QEMU's timestamped STOP, for the skew between hosts; GUEST_PANICKED for ``watch``)
+come through virConnectDomainQemuMonitorEventRegister, with libvirt's default event loop run in
+a daemon thread; without the binding (virsh) there are none.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import importlib
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,8 +62,6 @@ class Target:
 
 
 class LibvirtMonitor(Monitor):
-    supports_events = False
-
     def __init__(
         self,
         domain: str,
@@ -73,6 +74,7 @@ class LibvirtMonitor(Monitor):
         self.host = uri
         self._domain = handle  # a libvirt.virDomain, or None to go through virsh
         self._pool = pool
+        self.supports_events = handle is not None and _EVENT_LOOP.is_set()
         self.local = _is_local(uri)
         self.pid = self._local_pid() if self.local else None
 
@@ -99,11 +101,18 @@ class LibvirtMonitor(Monitor):
         except QemuError:
             raise
         except Exception as exc:  # libvirtError: daemon gone, domain gone, monitor closed
-            raise QemuError(f"{self.label}: {command}: {_message(exc)}") from None
+            raise QemuError(f"{self.label}: {command}: {self._lost()}{_message(exc)}") from None
         data = json.loads(reply)
         if "error" in data:
             raise QemuError(f"{self.label}: {command}: {data['error'].get('desc', data['error'])}")
         return data.get("return")
+
+    def _lost(self) -> str:
+        """'connection to libvirtd lost: ' when it is (the daemon died or was restarted)."""
+        with contextlib.suppress(Exception):
+            if self._domain is not None and not self._domain.connect().isAlive():
+                return "connection to libvirt lost: "
+        return ""
 
     async def _in_thread(self, func: Any, *args: Any) -> Any:
         """libvirt calls block: each runs in the capture's own pool, one thread per VM, so the
@@ -123,6 +132,27 @@ class LibvirtMonitor(Monitor):
             text = err.decode(errors="replace").strip().splitlines()
             raise QemuError(f"{self.label}: virsh: {text[-1] if text else f'exit code {proc.returncode}'}")
         return out.decode()
+
+    @contextlib.contextmanager
+    def events(self, names: Iterable[str]) -> Iterator[asyncio.Queue[dict]]:
+        """A queue of the named QMP events, in QMP's shape (``event``, ``timestamp``, ``data``)."""
+        qemu = importlib.import_module("libvirt_qemu")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict] = asyncio.Queue()
+
+        def deliver(_conn, _dom, event, seconds, micros, details, _opaque) -> None:
+            stamp = {"seconds": seconds, "microseconds": micros}
+            event = {"event": event, "timestamp": stamp, "data": json.loads(details) if details else {}}
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        conn = self._domain.connect()
+        ids = [qemu.qemuMonitorEventRegister(conn, self._domain, name, deliver, None, 0) for name in names]
+        try:
+            yield queue
+        finally:
+            for callback in ids:
+                with contextlib.suppress(Exception):  # the daemon may be gone
+                    qemu.qemuMonitorEventDeregister(conn, callback)
 
     def _passes_fds(self) -> bool:
         qemu = importlib.import_module("libvirt_qemu") if self._domain is not None else None
@@ -163,6 +193,27 @@ def _message(exc: BaseException) -> str:
     get = getattr(exc, "get_error_message", None)
     text = (get() if get else None) or str(exc) or type(exc).__name__
     return " ".join(text.split())
+
+
+_EVENT_LOOP = threading.Event()
+
+
+def _start_event_loop(libvirt: Any) -> None:
+    """libvirt's default event loop, in a daemon thread: it delivers QMP events and keepalives
+    (so a daemon that dies is noticed). Must run before the first connection is opened."""
+    if _EVENT_LOOP.is_set():
+        return
+    try:
+        libvirt.virEventRegisterDefaultImpl()
+    except Exception:
+        return
+
+    def run() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+    _EVENT_LOOP.set()
 
 
 def _binding() -> Any | None:
@@ -222,6 +273,7 @@ async def open_libvirt_all(targets: list[Target]) -> AsyncIterator[list[Monitor]
         async with _open_with_virsh(targets) as monitors:
             yield monitors
         return
+    _start_event_loop(libvirt)
     opened = await asyncio.gather(
         *(asyncio.to_thread(_lookup, libvirt, t) for t in targets), return_exceptions=True
     )
