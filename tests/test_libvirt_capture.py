@@ -348,6 +348,7 @@ def test_output_full(hosts, out_dir: Path) -> None:
         subprocess.run(["umount", str(full)], check=False)
 
 
+@pytest.mark.unit
 def test_targets_from_arguments() -> None:
     from vmstate_gdb.capture.cli import libvirt_targets
     from vmstate_gdb.errors import QemuError
@@ -363,3 +364,52 @@ def test_targets_from_arguments() -> None:
     assert [(t.uri, t.domains) for t in libvirt_targets([("domain", "x")], None)] == [(None, ["x"])]
     with pytest.raises(QemuError, match="qemu:///x: name its domains"):
         libvirt_targets([("libvirt", "qemu:///x")], None)
+
+
+SHMEM_XML = (
+    "<shmem name='vmcap-blocker'><model type='ivshmem-plain'/><size unit='M'>1</size></shmem>\n"
+    "    <memballoon model='none'/>"
+)
+
+
+def test_blocked_domain_is_named_and_not_stopped(hosts, out_dir: Path) -> None:
+    """A domain QEMU will not migrate (an ivshmem device: a migration blocker) is refused before the
+    stop, on one line with its URI; the others are captured and resumed."""
+    import libvirt
+
+    h1 = hosts["h1"]
+    xml, console = small_domain_xml(h1.daemon, "lv-blocked")
+    dom = h1.conn.defineXML(xml.replace("<memballoon model='none'/>", SHMEM_XML))
+    try:
+        dom.create()
+        last_tick(console)
+        before = ticks_now(hosts)
+        proc = vmstate(
+            "capture", "--libvirt", h1.uri, "--all-running", "--libvirt", hosts["h2"].uri, "--domain", "lv-b",
+            "-o", str(out_dir), "--json",
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"vmstate: {h1.uri}: lv-blocked: migration blocked: ")
+        report = {v["name"]: v for v in json.loads(proc.stdout)["vms"]}
+        assert sorted(report) == ["lv-a", "lv-b", "lv-blocked"]
+        assert report["lv-a"]["ok"] and report["lv-b"]["ok"] and not report["lv-blocked"]["stop_sent"]
+        assert sorted(p.name.split("-2")[0] for p in out_dir.glob("*.vmstate")) == ["lv-a", "lv-b"]
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert_all_running(hosts, before)
+    finally:
+        dom.destroy()
+        dom.undefine()
+
+
+@pytest.mark.unit
+def test_remote_old_qemu_is_refused_before_the_stop(monkeypatch) -> None:
+    """No fd passing over ssh, and exec: would get QEMU killed by libvirt's sandbox: refused."""
+    from vmstate_gdb.capture.libvirt import EXEC_ALLOWED, LibvirtMonitor
+
+    remote = LibvirtMonitor("web", "qemu+ssh://h1/system")
+    assert not remote.local and remote.host == "qemu+ssh://h1/system"
+    assert "seccomp" in remote.capture_blocker(file_uri=False)
+    assert remote.capture_blocker(file_uri=True) is None  # QEMU >= 8.2 writes file: itself
+    monkeypatch.setenv(EXEC_ALLOWED, "1")
+    assert remote.capture_blocker(file_uri=False) is None
