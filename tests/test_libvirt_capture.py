@@ -413,3 +413,55 @@ def test_remote_old_qemu_is_refused_before_the_stop(monkeypatch) -> None:
     assert remote.capture_blocker(file_uri=True) is None  # QEMU >= 8.2 writes file: itself
     monkeypatch.setenv(EXEC_ALLOWED, "1")
     assert remote.capture_blocker(file_uri=False) is None
+
+
+PANIC_XML = """<serial type='unix'><source mode='bind' path='{sock}'/><log file='{console}'/></serial>"""
+
+
+def test_watch_guest_panic_through_libvirt(hosts, out_dir: Path) -> None:
+    """QEMU's GUEST_PANICKED reaches ``watch`` through libvirt's QMP event API: the guest writes its
+    pvpanic port ('p' typed on its console socket) and the domains of both hosts are captured;
+    ``<on_crash>preserve</on_crash>`` keeps libvirt from destroying the panicked one first."""
+    import socket
+
+    h1 = hosts["h1"]
+    xml, console = small_domain_xml(h1.daemon, "lv-panic")
+    sock = h1.daemon.root / "lv-panic.sock"
+    xml = xml.replace(
+        f"<serial type='file'><source path='{console}'/></serial>",
+        PANIC_XML.format(sock=sock, console=console),
+    )
+    xml = xml.replace("<on_reboot>", "<on_crash>preserve</on_crash>\n  <on_reboot>")
+    xml = xml.replace("<memballoon model='none'/>", "<panic model='isa'/>\n    <memballoon model='none'/>")
+    dom = h1.conn.defineXML(xml)
+    try:
+        dom.create()
+        last_tick(console)
+        before = ticks_now(hosts)
+        watch = subprocess.Popen(
+            [str(VMSTATE), "watch", "--libvirt", h1.uri, "--domain", "lv-panic", "--libvirt", hosts["h2"].uri,
+             "--domain", "lv-b", "--on", "guest-panic", "-o", str(out_dir), "--json", "--wait", "30"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            line = watch.stderr.readline()
+            assert line.startswith("vmstate watch: watching 2 VM(s)"), line + watch.stderr.read()
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                s.sendall(b"p")
+                out, err = watch.communicate(timeout=30)
+        finally:
+            watch.kill()
+        assert watch.returncode == 0, err
+        report = json.loads(out)
+        print(report["trigger"])
+        assert re.match(
+            r"lv-panic: GUEST_PANICKED \(action \w+\) \(VMs stopped [\d.]+ ms later\)", report["trigger"]
+        )
+        vms = {v["name"]: v for v in report["vms"]}
+        assert vms["lv-panic"]["ok"] and vms["lv-b"]["ok"] and vms["lv-b"]["resumed"]
+        assert "GUEST PANIC" in console.read_text(errors="replace")
+        assert_all_running({"h2": hosts["h2"]}, before)
+    finally:
+        dom.destroy()
+        dom.undefine()
