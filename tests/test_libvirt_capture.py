@@ -277,13 +277,15 @@ def test_unreachable_daemon_stops_nothing(hosts, out_dir: Path) -> None:
     assert list(out_dir.iterdir()) == []
 
 
-def test_daemon_killed_mid_capture(hosts, out_dir: Path) -> None:
-    """A third daemon is killed (its process group) while its domain is stopped and before it is
-    saved: one line names that URI and domain; the other host's domains are saved and resumed;
-    the killed host's domain leaves no file."""
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_daemon_lost_mid_capture(hosts, out_dir: Path, fault: str) -> None:
+    """A third daemon is killed, or hung (SIGSTOP: a cut network looks the same), while its domain
+    is stopped and before it is saved: one line names that URI and domain (the hung one after the
+    keepalive gives up); the other host's domains are saved and resumed; no file of the lost one."""
     import libvirt
 
     victim = _host("vmcap-h3-", {"lv-v": "52:54:00:00:0d:04"})
+    proc = None
     try:
         victim.wait_ticking()
         before = ticks_now(hosts)
@@ -292,20 +294,22 @@ def test_daemon_killed_mid_capture(hosts, out_dir: Path) -> None:
             [str(VMSTATE), "capture", "--libvirt", victim.uri, "--domain", "lv-v", "--libvirt",
              hosts["h2"].uri, "--all-running", "-o", str(out_dir), "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "VMSTATE_TEST_HOLD_STOPPED": "3"},
+            env={**os.environ, "VMSTATE_TEST_HOLD_STOPPED": "3", "VMSTATE_LIBVIRT_KEEPALIVE": "1,2"},
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.02)
-        os.killpg(victim.daemon.proc.pid, signal.SIGKILL)
-        victim.daemon.proc.wait()
+        os.killpg(victim.daemon.proc.pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+        lost = time.monotonic()
         out, err = proc.communicate(timeout=60)
-        print(err)
+        print(f"{fault}: capture ended {time.monotonic() - lost:.1f} s later: {err}")
         assert proc.returncode == 1, (out, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"vmstate: {victim.uri}: lv-v: "), err
         assert "cannot resume" in lines[0] and "connection to libvirt lost" in lines[0], err
+        if fault == "hung":
+            assert "keepalive timeout" in lines[0], err
         assert "Traceback" not in err
         report = {v["name"]: v for v in json.loads(out)["vms"]}
         assert not report["lv-v"]["ok"] and not report["lv-v"]["resumed"]
@@ -313,6 +317,10 @@ def test_daemon_killed_mid_capture(hosts, out_dir: Path) -> None:
         assert sorted(p.name.split("-2")[0] for p in out_dir.glob("*.vmstate")) == ["lv-b", "lv-c"]
         assert_all_running({"h2": hosts["h2"]}, before)
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if fault == "hung":
+            os.killpg(victim.daemon.proc.pid, signal.SIGCONT)  # so that it can be ended
         victim.close()
 
 

@@ -20,7 +20,6 @@ a daemon thread; without the binding (virsh) there are none.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import importlib
 import json
@@ -31,7 +30,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmstate_gdb.capture.monitor import COMMAND_TIMEOUT, Monitor
+from vmstate_gdb.capture.monitor import COMMAND_TIMEOUT, CONNECT_TIMEOUT, Monitor
 from vmstate_gdb.errors import QemuError
 
 PID_FILE = "/run/libvirt/qemu/{domain}.pid"
@@ -41,6 +40,10 @@ ABSENT = (
 )
 FD_NAME = "vmstate-capture"
 EXEC_ALLOWED = "VMSTATE_LIBVIRT_EXEC"
+#: keepalive probes on each connection, "INTERVAL,COUNT" (seconds): a daemon that stops answering
+#: (hung, or the network to it cut) is given up after about INTERVAL * (COUNT + 1)
+KEEPALIVE_ENV = "VMSTATE_LIBVIRT_KEEPALIVE"
+KEEPALIVE = (5, 3)
 
 
 def _is_local(uri: str | None) -> bool:
@@ -67,13 +70,11 @@ class LibvirtMonitor(Monitor):
         domain: str,
         uri: str | None,
         handle: Any = None,
-        pool: concurrent.futures.Executor | None = None,
     ):
         self.label = domain
         self.uri = uri
         self.host = uri
         self._domain = handle  # a libvirt.virDomain, or None to go through virsh
-        self._pool = pool
         self.supports_events = handle is not None and _EVENT_LOOP.is_set()
         self.local = _is_local(uri)
         self.pid = self._local_pid() if self.local else None
@@ -115,9 +116,7 @@ class LibvirtMonitor(Monitor):
         return ""
 
     async def _in_thread(self, func: Any, *args: Any) -> Any:
-        """libvirt calls block: each runs in the capture's own pool, one thread per VM, so the
-        stops of many VMs go out together."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        return await detached(func, *args)
 
     async def _send(self, message: str) -> str:
         if self._domain is not None:
@@ -143,16 +142,22 @@ class LibvirtMonitor(Monitor):
         def deliver(_conn, _dom, event, seconds, micros, details, _opaque) -> None:
             stamp = {"seconds": seconds, "microseconds": micros}
             event = {"event": event, "timestamp": stamp, "data": json.loads(details) if details else {}}
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            with contextlib.suppress(RuntimeError):  # late, after the capture's loop closed
+                loop.call_soon_threadsafe(queue.put_nowait, event)
 
         conn = self._domain.connect()
         ids = [qemu.qemuMonitorEventRegister(conn, self._domain, name, deliver, None, 0) for name in names]
         try:
             yield queue
         finally:
-            for callback in ids:
-                with contextlib.suppress(Exception):  # the daemon may be gone
-                    qemu.qemuMonitorEventDeregister(conn, callback)
+
+            def deregister() -> None:
+                for callback in ids:
+                    with contextlib.suppress(Exception):  # the daemon may be gone
+                        qemu.qemuMonitorEventDeregister(conn, callback)
+
+            # off the event loop: a daemon that hangs right after the stop must not stall the rest
+            threading.Thread(target=deregister, name="libvirt-events-off", daemon=True).start()
 
     def _passes_fds(self) -> bool:
         qemu = importlib.import_module("libvirt_qemu") if self._domain is not None else None
@@ -186,6 +191,33 @@ class LibvirtMonitor(Monitor):
         finally:
             os.close(fd)  # QEMU has its own copy now
         return "fd", f"fd:{FD_NAME}"
+
+
+def detached(func: Any, *args: Any) -> asyncio.Future[Any]:
+    """Run a blocking libvirt call in a daemon thread of its own: the stops of many VMs go out
+    together, and a call stuck on a hung daemon (or a cut network) neither blocks the event loop
+    nor, as a pool's worker would be, the exit once its timeout has been reported."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def run() -> None:
+        try:
+            value, error = func(*args), None
+        except BaseException as exc:
+            value, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=run, name="libvirt-call", daemon=True).start()
+    return future
 
 
 def _message(exc: BaseException) -> str:
@@ -233,6 +265,8 @@ def _lookup(libvirt: Any, target: Target) -> tuple[Any, list[tuple[str, Any]]]:
         conn = libvirt.open(target.uri)
     except libvirt.libvirtError as exc:
         raise QemuError(f"{target.where}: cannot connect: {_message(exc)}") from None
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.setKeepAlive(*_keepalive())
     try:
         found: dict[str, Any] = {}
         for name in target.domains:
@@ -252,6 +286,21 @@ def _lookup(libvirt: Any, target: Target) -> tuple[Any, list[tuple[str, Any]]]:
         _close(conn)
         raise
     return conn, sorted(found.items()) if target.all_running else list(found.items())
+
+
+async def _lookup_in_time(libvirt: Any, target: Target) -> tuple[Any, list[tuple[str, Any]]]:
+    try:
+        return await asyncio.wait_for(detached(_lookup, libvirt, target), CONNECT_TIMEOUT)
+    except TimeoutError:
+        raise QemuError(f"{target.where}: no answer from libvirt within {CONNECT_TIMEOUT:.0f} s") from None
+
+
+def _keepalive() -> tuple[int, int]:
+    try:
+        interval, count = map(int, os.environ[KEEPALIVE_ENV].split(","))
+        return interval, count
+    except (KeyError, ValueError):
+        return KEEPALIVE
 
 
 def _close(conn: Any) -> None:
@@ -274,23 +323,19 @@ async def open_libvirt_all(targets: list[Target]) -> AsyncIterator[list[Monitor]
             yield monitors
         return
     _start_event_loop(libvirt)
-    opened = await asyncio.gather(
-        *(asyncio.to_thread(_lookup, libvirt, t) for t in targets), return_exceptions=True
-    )
+    opened = await asyncio.gather(*(_lookup_in_time(libvirt, t) for t in targets), return_exceptions=True)
     conns = [o[0] for o in opened if isinstance(o, tuple)]
     try:
         errors = [o for o in opened if isinstance(o, BaseException)]
         if errors:
             raise errors[0] if isinstance(errors[0], QemuError) else QemuError(_message(errors[0]))
-        count = sum(len(domains) for _, domains in opened)
-        with concurrent.futures.ThreadPoolExecutor(count + 2, "libvirt") as pool:  # a thread per VM
-            monitors: list[Monitor] = []
-            for target, (_, domains) in zip(targets, opened, strict=True):
-                monitors += [LibvirtMonitor(name, target.uri, dom, pool) for name, dom in domains]
-            yield monitors
+        monitors: list[Monitor] = []
+        for target, (_, domains) in zip(targets, opened, strict=True):
+            monitors += [LibvirtMonitor(name, target.uri, dom) for name, dom in domains]
+        yield monitors
     finally:
-        for conn in conns:
-            _close(conn)
+        closing = [asyncio.wait_for(detached(_close, conn), 5.0) for conn in conns]
+        await asyncio.gather(*closing, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
