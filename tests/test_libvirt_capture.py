@@ -473,3 +473,66 @@ def test_watch_guest_panic_through_libvirt(hosts, out_dir: Path) -> None:
     finally:
         dom.destroy()
         dom.undefine()
+
+
+QEMU10 = Path("/opt/vmstate-qemu10/bin/qemu-system-x86_64")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_remote_host_over_tcp(hosts) -> None:
+    """A daemon reached over TCP (qemu+tcp://127.0.0.1:PORT, as a remote host is): no fd passing
+    there, so QEMU 10 writes its own file (file:, as QEMU's user) and QEMU 7.2 is refused before
+    anything stops (exec: would get it killed by libvirt's sandbox); the local domain goes on."""
+    import libvirt
+    from libvirtd import Libvirtd
+
+    if not QEMU10.exists():
+        pytest.skip("QEMU 10 not installed (tools/install-qemu10.sh)")
+    daemon = Libvirtd(_new_root("vmcap-tcp-"), tcp_port=_free_port())
+    out = Path(tempfile.mkdtemp(prefix="vmcap-out-"))
+    out.chmod(0o777)  # QEMU (nobody) writes here itself
+    try:
+        daemon.start()
+        conn = libvirt.open(daemon.uri)
+        consoles = {}
+        for name, emulator in (("lv-old", None), ("lv-new", QEMU10)):
+            xml, consoles[name] = small_domain_xml(daemon, name)
+            if emulator:
+                xml = xml.replace("/usr/bin/qemu-system-x86_64", str(emulator))
+                # without <acpi/>, libvirt 9.0 passes -no-acpi, which QEMU 9 removed
+                xml = xml.replace("</os>", "</os>\n  <features><acpi/></features>")
+            conn.defineXML(xml).create()
+        for console in consoles.values():
+            last_tick(console)
+        before = ticks_now(hosts)
+        proc = vmstate(
+            "capture", "--libvirt", daemon.tcp_uri, "--all-running",
+            "--libvirt", hosts["h2"].uri, "--domain", "lv-b", "-o", str(out), "--json",
+        )  # fmt: skip
+        print(proc.stderr)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"vmstate: {daemon.tcp_uri}: lv-old: QEMU < 8.2 on a remote"
+        )
+        vms = {v["name"]: v for v in json.loads(proc.stdout)["vms"]}
+        assert not vms["lv-old"]["stop_sent"] and vms["lv-old"]["qemu_version"].startswith("7.2")
+        assert vms["lv-new"]["ok"] and vms["lv-new"]["method"] == "file" and vms["lv-new"]["resumed"]
+        assert vms["lv-b"]["ok"] and vms["lv-b"]["method"] == "fd"
+        info = info_json(vms["lv-new"]["path"])
+        assert "pc-i440fx-10" in json.dumps(info), info
+        for name, console in consoles.items():
+            assert conn.lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            last_tick(console, after=last_tick(console))
+        assert_all_running({"h2": hosts["h2"]}, before)
+        conn.close()
+    finally:
+        daemon.cleanup()
+        shutil.rmtree(out, ignore_errors=True)

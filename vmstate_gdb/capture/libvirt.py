@@ -4,9 +4,11 @@ The libvirt Python binding is used when it is installed, else the ``virsh`` clie
 remote hosts are reached with libvirt URIs (``qemu+ssh://host/system``), several at once, each
 over libvirt's own remote protocol. How the stream reaches a file, in order of preference:
 
-* ``file:`` (QEMU >= 8.2): QEMU opens the path itself, on its host, as its own user;
 * ``fd:`` (local connection, binding): this process opens the file and hands QEMU the descriptor
-  with ``getfd`` (virDomainQemuMonitorCommandWithFiles), so -o need not be writable by QEMU;
+  with ``getfd`` (virDomainQemuMonitorCommandWithFiles), so neither QEMU's user nor its
+  AppArmor/SELinux confinement need allow writing -o; any QEMU version;
+* ``file:`` (QEMU >= 8.2, remote hosts): QEMU opens the path on its host, as its own user, so -o
+  must be a directory QEMU may write there;
 * ``exec:`` otherwise. libvirt starts QEMU with ``-sandbox ...,spawn=deny`` (qemu.conf
   ``seccomp_sandbox``, on by default) and QEMU is *killed* when it runs the shell of ``exec:``, so
   such a VM is refused before anything is stopped unless ``VMSTATE_LIBVIRT_EXEC=1`` says the
@@ -173,7 +175,7 @@ class LibvirtMonitor(Monitor):
         )
 
     async def migration_uri(self, path: str, file_uri: bool) -> tuple[str, str]:
-        if file_uri or not self._passes_fds():
+        if not self._passes_fds():
             return await super().migration_uri(path, file_uri)
         qemu = importlib.import_module("libvirt_qemu")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
