@@ -333,9 +333,11 @@ def test_daemon_lost_mid_capture(hosts, out_dir: Path, fault: str) -> None:
         victim.close()
 
 
-def _tiny_tmpfs(path: Path, size: str) -> None:
+def _tiny_tmpfs(path: Path, size: str, mode: str = "0755") -> None:
     proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
@@ -541,6 +543,19 @@ def test_remote_host_over_tcp(hosts) -> None:
             assert conn.lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
             last_tick(console, after=last_tick(console))
         assert_all_running({"h2": hosts["h2"]}, before)
+        # a full disk on "that host": this process cannot remove QEMU's partial file, so it says so
+        full = out / "tiny"
+        full.mkdir()
+        _tiny_tmpfs(full, "256k", mode="0777")
+        try:
+            proc = vmstate("capture", "--libvirt", daemon.tcp_uri, "--domain", "lv-new", "-o", str(full))
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+            assert lines[0].startswith(f"vmstate: {daemon.tcp_uri}: lv-new: migration failed: "), lines
+            assert "may be left on the VM's host" in lines[0], lines
+            assert conn.lookupByName("lv-new").state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        finally:
+            subprocess.run(["umount", str(full)], check=False)
         conn.close()
     finally:
         daemon.cleanup()

@@ -236,11 +236,13 @@ async def _migrate(
     params = await monitor.execute("query-migrate-parameters")
     old_bandwidth = params.get("max-bandwidth")
     started = time.monotonic()
+    migrating = False
     try:
         result.method, uri = await monitor.migration_uri(path, facts.file_uri)
         if old_bandwidth is not None:
             await monitor.execute("migrate-set-parameters", {"max-bandwidth": CAPTURE_BANDWIDTH})
         await monitor.execute("migrate", {"uri": uri})
+        migrating = True
         deadline = started + timeout
         while True:
             info = await monitor.execute("query-migrate")
@@ -260,8 +262,10 @@ async def _migrate(
                 raise QemuError(f"migration not completed within {timeout:.0f} s (status {status})")
             await asyncio.sleep(POLL_INTERVAL)
     except QemuError as exc:
-        if not monitor.local:
-            raise
+        if not monitor.local:  # no file access there: say where the rest of the file may be
+            raise QemuError(
+                exc.message + (f" (a partial {path} may be left on the VM's host)" if migrating else "")
+            ) from None
         hint = _space_hint(Path(path).parent)  # before the partial file goes and frees its space
         _remove(path)
         raise QemuError(exc.message + hint) from None
