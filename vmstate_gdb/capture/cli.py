@@ -230,7 +230,8 @@ def register(sub) -> None:
         "--serial",
         action="append",
         metavar="PATH[,PATH...]",
-        help="each VM's console, in --qmp order: a log file QEMU writes (-serial file:PATH, "
+        help="each VM's console, in the order the VMs are named (--qmp, then libvirt): "
+        "a log file QEMU writes (-serial file:PATH, "
         "-chardev ...,logfile=PATH) or a unix socket (-serial unix:PATH,server=on); "
         "default: found in QEMU's command line",
     )
