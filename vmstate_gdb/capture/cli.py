@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from vmstate_gdb.errors import QemuError
 
 if TYPE_CHECKING:  # asyncio and QMP load with the command, not with `vmstate --help`
+    from vmstate_gdb.capture.libvirt import Target
     from vmstate_gdb.capture.monitor import Monitor
     from vmstate_gdb.capture.session import CaptureReport
 
@@ -20,20 +21,62 @@ def _split(values: list[str] | None) -> list[str]:
     return [v for value in values or () for v in value.split(",") if v]
 
 
+class _InOrder(argparse.Action):
+    """--libvirt, --domain and --all-running keep their order: a --domain belongs to the
+    --libvirt URI before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        spec = getattr(namespace, "libvirt_spec", None) or []
+        spec.append((self.dest, values))
+        namespace.libvirt_spec = spec
+
+
+def libvirt_targets(spec: list[tuple[str, str | None]], connect: str | None) -> list[Target]:
+    """Connections and domains from ``--libvirt URI --domain A,B --libvirt URI2 --all-running``.
+
+    A --libvirt value with ``://`` is a URI (libvirt domain names cannot hold a ``/``) and opens a
+    group; a --domain or --all-running belongs to the group before it, or to --connect's URI when
+    none is open; ``--libvirt A,B`` (no ``://``) names domains at --connect's URI."""
+    from vmstate_gdb.capture.libvirt import Target
+
+    default = Target(connect)
+    targets: dict[str | None, Target] = {}
+    current: Target | None = None
+    for kind, value in spec:
+        if kind == "libvirt" and value and "://" in value:
+            current = targets.setdefault(value, Target(value))
+            continue
+        target = current if current is not None and kind != "libvirt" else default
+        targets.setdefault(target.uri, target)
+        if kind == "all_running":
+            target.all_running = True
+        else:
+            target.domains += [d for d in _split([value or ""]) if d not in target.domains]
+    for target in targets.values():
+        if not (target.domains or target.all_running):
+            raise QemuError(
+                f"--libvirt {target.where}: name its domains with --domain NAME[,...] or --all-running"
+            )
+    return list(targets.values())
+
+
 @contextlib.asynccontextmanager
 async def _monitors(args: argparse.Namespace) -> AsyncIterator[list[Monitor]]:
-    if args.libvirt:
-        from vmstate_gdb.capture.libvirt import open_libvirt_all
-
-        async with open_libvirt_all(_split(args.libvirt), args.connect) as monitors:
-            yield monitors
-        return
-    from vmstate_gdb.capture.monitor import open_all
-
+    spec = getattr(args, "libvirt_spec", None) or []
     addresses = _split(args.qmp)
-    if not addresses:
-        raise QemuError("name at least one VM: --qmp SOCKET[,SOCKET...] or --libvirt DOMAIN[,...]")
-    async with open_all(addresses) as monitors:
+    if not spec and not addresses:
+        raise QemuError("name at least one VM: --qmp SOCKET[,SOCKET...] or --libvirt URI --domain NAME[,...]")
+    async with contextlib.AsyncExitStack() as stack:
+        monitors: list[Monitor] = []
+        if addresses:
+            from vmstate_gdb.capture.monitor import open_all
+
+            monitors += await stack.enter_async_context(open_all(addresses))
+        if spec:
+            from vmstate_gdb.capture.libvirt import open_libvirt_all
+
+            targets = libvirt_targets(spec, args.connect)
+            monitors += await stack.enter_async_context(open_libvirt_all(targets))
         yield monitors
 
 
@@ -45,7 +88,8 @@ def _print_report(args: argparse.Namespace, report: CaptureReport) -> int:
         print(report.text())
     for r in report.results:
         if not r.ok:
-            print(f"vmstate: {r.name}: {r.error}", file=sys.stderr)
+            where = f"{r.host}: " if r.host else ""
+            print(f"vmstate: {where}{r.name}: {r.error}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -111,11 +155,24 @@ def _add_common(sp: argparse.ArgumentParser) -> None:
     )
     who.add_argument(
         "--libvirt",
-        action="append",
-        metavar="DOMAIN[,DOMAIN...]",
-        help="libvirt domains, through libvirt's QMP pass-through",
+        action=_InOrder,
+        metavar="URI|DOMAIN[,...]",
+        help="a libvirt connection (qemu+ssh://host/system), its domains named by the --domain or "
+        "--all-running after it (repeatable: several hosts at one instant); or domains at --connect's URI",
     )
-    who.add_argument("--connect", metavar="URI", help="libvirt connection URI (e.g. qemu+ssh://host/system)")
+    who.add_argument(
+        "--domain",
+        action=_InOrder,
+        metavar="NAME[,NAME...]",
+        help="libvirt domains of the --libvirt URI before it",
+    )
+    who.add_argument(
+        "--all-running",
+        action=_InOrder,
+        nargs=0,
+        help="every running domain of the --libvirt URI before it",
+    )
+    who.add_argument("--connect", metavar="URI", help="libvirt URI of domains named without one")
     sp.add_argument(
         "-o",
         "--output",
@@ -173,7 +230,8 @@ def register(sub) -> None:
         "--serial",
         action="append",
         metavar="PATH[,PATH...]",
-        help="each VM's console, in --qmp order: a log file QEMU writes (-serial file:PATH, "
+        help="each VM's console, in the order the VMs are named (--qmp, then libvirt): "
+        "a log file QEMU writes (-serial file:PATH, "
         "-chardev ...,logfile=PATH) or a unix socket (-serial unix:PATH,server=on); "
         "default: found in QEMU's command line",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterable
@@ -32,6 +33,19 @@ class Monitor:
     #: True when QEMU runs on this host: snapshot paths can be checked and removed here.
     local: bool = True
     supports_events: bool = False
+    #: where the VM is managed when that is not in ``label`` (a libvirt URI), for error lines
+    host: str | None = None
+
+    def capture_blocker(self, file_uri: bool) -> str | None:
+        """Why this VM must not be stopped for a capture (checked before any VM is), or None."""
+        return None
+
+    async def migration_uri(self, path: str, file_uri: bool) -> tuple[str, str]:
+        """(method, QMP migration URI) that writes the stream to ``path``."""
+        if file_uri:
+            return "file", f"file:{path}"
+        # exec: runs a shell on QEMU's host: the path is quoted for it.
+        return "exec", f"exec:cat > {shlex.quote(path)}"
 
     async def execute(
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT

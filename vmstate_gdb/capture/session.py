@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,9 @@ POLL_INTERVAL = 0.05
 #: throttled, so max-bandwidth is raised for the capture and put back afterwards (bytes/s).
 CAPTURE_BANDWIDTH = 1 << 40
 SUFFIX = ".vmstate"
+#: Test hook: seconds to keep the VMs stopped before writing, so a fault (a daemon killed) can be
+#: injected between the stop and the save.
+HOLD_ENV = "VMSTATE_TEST_HOLD_STOPPED"
 
 
 @dataclass
@@ -38,6 +40,8 @@ class VmResult:
 
     label: str
     name: str
+    #: where the VM is managed (a libvirt URI), None for a QMP socket
+    host: str | None = None
     path: str | None = None
     meta_path: str | None = None
     method: str | None = None
@@ -50,6 +54,8 @@ class VmResult:
     #: monotonic ns at which the stop reply arrived (None if this capture did not stop the VM)
     stop_reply_ns: int | None = None
     stop_send_ns: int | None = None
+    #: this VM's stop reply after the first VM's (seconds): its share of the stop skew
+    stop_offset_s: float | None = None
     #: QEMU's own wall-clock timestamp of its STOP event (seconds)
     stop_event_time: float | None = None
     size: int | None = None
@@ -100,19 +106,26 @@ class CaptureReport:
             if self.event_skew_s is not None:
                 skew += f", {_ms(self.event_skew_s)} between QEMU's STOP events"
             lines.append(f"stopped {len(stopped)} VMs: {skew}")
+            offsets = ", ".join(f"{_who(r)} +{_ms(r.stop_offset_s)}" for r in stopped)
+            lines.append(f"stop replies after the first: {offsets}")
         for r in self.results:
             if r.ok:
                 left = "stopped" if r.stopped_by_us else r.status_before
                 after = "resumed" if r.resumed else f"left {left}"
                 lines.append(
-                    f"{r.name}: {r.path}  {_size(r.size)} in {r.duration_s:.2f} s ({r.method}:), {after}"
+                    f"{_who(r)}: {r.path}  {_size(r.size)} in {r.duration_s:.2f} s ({r.method}:), {after}"
                 )
             else:
                 after = "resumed" if r.resumed else ("not stopped" if not r.stopped_by_us else "NOT resumed")
-                lines.append(f"{r.name}: FAILED: {r.error} ({after})")
+                lines.append(f"{_who(r)}: FAILED: {r.error} ({after})")
         captured = sum(r.ok for r in self.results)
         lines.append(f"{captured} of {len(self.results)} VMs captured in {self.total_s:.2f} s")
         return "\n".join(lines)
+
+
+def _who(result: VmResult) -> str:
+    """A VM as the report names it: ``NAME``, or ``NAME (URI)`` for a libvirt domain."""
+    return f"{result.name} ({result.host})" if result.host else result.name
 
 
 def _ms(seconds: float | None) -> str:
@@ -199,7 +212,8 @@ async def _stop_all(items: list[tuple[Monitor, VmResult]]) -> None:
         outcomes = await asyncio.gather(*(stop(m, r) for m, r in items), return_exceptions=True)
         for (monitor, result), outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                result.error = f"cannot stop: {outcome}"
+                reason = outcome.message if isinstance(outcome, QemuError) else str(outcome)
+                result.error = f"cannot stop: {reason.removeprefix(f'{monitor.label}: ')}"
                 continue
             queue = queues.get(id(monitor))
             if queue is None:
@@ -219,18 +233,16 @@ async def _migrate(
     timeout: float,
 ) -> None:
     """Write the stopped VM's stream to ``path``; on any failure cancel, remove the file, raise."""
-    if facts.file_uri:
-        result.method, uri = "file", f"file:{path}"
-    else:
-        # exec: runs a shell on QEMU's host: the path is quoted for it.
-        result.method, uri = "exec", f"exec:cat > {shlex.quote(path)}"
     params = await monitor.execute("query-migrate-parameters")
     old_bandwidth = params.get("max-bandwidth")
     started = time.monotonic()
+    migrating = False
     try:
+        result.method, uri = await monitor.migration_uri(path, facts.file_uri)
         if old_bandwidth is not None:
             await monitor.execute("migrate-set-parameters", {"max-bandwidth": CAPTURE_BANDWIDTH})
         await monitor.execute("migrate", {"uri": uri})
+        migrating = True
         deadline = started + timeout
         while True:
             info = await monitor.execute("query-migrate")
@@ -250,8 +262,10 @@ async def _migrate(
                 raise QemuError(f"migration not completed within {timeout:.0f} s (status {status})")
             await asyncio.sleep(POLL_INTERVAL)
     except QemuError as exc:
-        if not monitor.local:
-            raise
+        if not monitor.local:  # no file access there: say where the rest of the file may be
+            raise QemuError(
+                exc.message + (f" (a partial {path} may be left on the VM's host)" if migrating else "")
+            ) from None
         hint = _space_hint(Path(path).parent)  # before the partial file goes and frees its space
         _remove(path)
         raise QemuError(exc.message + hint) from None
@@ -304,7 +318,7 @@ async def capture_vms(
         )
     facts = [g if isinstance(g, VmFacts) else None for g in gathered]
     for monitor, name, f, g in zip(monitors, _names(monitors, facts), facts, gathered, strict=True):
-        result = VmResult(label=monitor.label, name=name, facts=f)
+        result = VmResult(label=monitor.label, name=name, host=monitor.host, facts=f)
         report.results.append(result)
         if f is None:
             result.error = f"cannot query the VM: {g}"
@@ -317,12 +331,17 @@ async def capture_vms(
             result.error = f"a migration is already running (status {f.migration_status})"
         elif f.status in ("inmigrate", "shutdown", "internal-error", "prelaunch"):
             result.error = f"VM is in state {f.status}, nothing to capture"
+        else:
+            result.error = monitor.capture_blocker(f.file_uri)
 
     items = [(m, r) for m, r in zip(monitors, report.results, strict=True) if r.error is None]
     await _stop_all([(m, r) for m, r in items if r.status_before == "running"])
     stamps = [r.stop_reply_ns for r in report.results if r.stop_reply_ns is not None]
     if len(stamps) > 1:
         report.reply_skew_s = (max(stamps) - min(stamps)) / 1e9
+        for r in report.results:
+            if r.stop_reply_ns is not None:
+                r.stop_offset_s = (r.stop_reply_ns - min(stamps)) / 1e9
     events = [r.stop_event_time for r in report.results if r.stop_event_time is not None]
     if len(events) > 1 and len(events) == len(stamps):
         report.event_skew_s = max(events) - min(events)
@@ -353,6 +372,8 @@ async def capture_vms(
 
     writing = [(m, r) for m, r in items if r.error is None]
     try:
+        if os.environ.get(HOLD_ENV):
+            await asyncio.sleep(float(os.environ[HOLD_ENV]))
         outcomes = await asyncio.gather(*(write(m, r) for m, r in writing), return_exceptions=True)
     except BaseException:  # interrupted: no VM stays stopped because of us
         stopped = [m for m, r in zip(monitors, report.results, strict=True) if r.stop_sent]
@@ -368,7 +389,8 @@ async def capture_vms(
             await monitor.execute("cont")
             result.resumed = True
         except QemuError as exc:
-            result.error = (result.error + "; " if result.error else "") + f"cannot resume: {exc.message}"
+            reason = exc.message.removeprefix(f"{result.label}: ")
+            result.error = (result.error + "; " if result.error else "") + f"cannot resume: {reason}"
             result.ok = False
 
     again = [
