@@ -317,8 +317,8 @@ def test_daemon_lost_mid_capture(hosts, out_dir: Path, fault: str) -> None:
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"vmstate: {victim.uri}: lv-v: "), err
         assert "cannot resume" in lines[0] and "connection to libvirt lost" in lines[0], err
-        if fault == "hung":
-            assert "keepalive timeout" in lines[0], err
+        if fault == "hung":  # libvirt says which, depending on whether a call was waiting then
+            assert "keepalive timeout" in lines[0] or "client socket is closed" in lines[0], err
         assert "Traceback" not in err
         report = {v["name"]: v for v in json.loads(out)["vms"]}
         assert not report["lv-v"]["ok"] and not report["lv-v"]["resumed"]
