@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,27 @@ def test_gdb_caches_memory_but_never_serves_a_stale_view(snapshot_small_pc_e1000
     words = re.findall(rf"^{kernel:#x}:\s+(0x[0-9a-f]{{8}})$", out, re.M)
     assert words[0] == "0xdeadbeef", out  # the write, through the cache
     assert words[1] == f"{int(virt[0][0], 16) & 0xFFFFFFFF:#010x}", out  # reverted by the server
+
+
+def test_vmstate_dump_writes_what_dump_binary_memory_does(snapshot_linux_pc_3nic, tmp_path):
+    """vmstate-dump: the server writes the file, byte for byte what gdb's own `dump binary memory`
+    writes (virtual) and what `vmstate read --phys --raw` gives (physical); an unmapped address or
+    the input as output is one line and leaves no file."""
+    snap = snapshot_linux_pc_3nic.path
+    virt, ours, phys, bad = (tmp_path / n for n in ("gdb.bin", "ours.bin", "phys.bin", "bad.bin"))
+    text = 0xFFFFFFFF81000000  # the nokaslr kernel's text
+    out = run_gdb(
+        f"vmstate-open {snap}",
+        f"dump binary memory {virt} {text:#x} {text + 0x40000:#x}",
+        f"vmstate-dump {ours} {text:#x} {text:#x}+0x40000",
+        f"vmstate-dump {phys} 0x100000 0x900000 --phys",
+        f"vmstate-dump {bad} 0x1000 0x2000",
+        f"vmstate-dump {snap} 0 0x1000 --phys",
+        interleaved=True,
+    )
+    assert ours.read_bytes() == virt.read_bytes() and len(virt.read_bytes()) == 0x40000, out
+    cli = [sys.executable, "-m", "vmstate_gdb", "read", "--phys", "--raw", snap, "0x100000", "0x800000"]
+    raw = subprocess.run(cli, capture_output=True, timeout=120).stdout
+    assert phys.read_bytes() == raw, out
+    assert "cannot read memory at 0x1000" in out and not bad.exists(), out
+    assert "refusing to overwrite the input snapshot" in out and "Traceback" not in out, out

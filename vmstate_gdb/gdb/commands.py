@@ -23,6 +23,7 @@ OVERVIEW = """The vmstate_gdb commands: a QEMU snapshot as a gdb target.
   vmstate-mac [NIC] [NEW_MAC] [--memory]    show a NIC's MAC, or change every copy of it
   vmstate-revert                            drop every pending edit
   vmstate-save OUT                          write a new snapshot with the edits
+  vmstate-dump FILE START END [--phys]      guest memory to a file, at disk speed
   set vmstate-cache on|off                  gdb caches the frozen memory (on: few round trips)
 
 The software inside a Linux guest (from its own kallsyms, BTF and ORC; no vmlinux needed):
@@ -369,6 +370,43 @@ class VmstateSave(gdb.Command):
         gdb.write(reply["text"])
 
 
+class VmstateDump(gdb.Command):
+    """Write guest memory to a file: vmstate-dump FILE START END [--phys]
+
+    As `dump binary memory FILE START END` (START and END are expressions; END is not included),
+    but the server writes the file itself, at the disk's speed rather than at gdb's hex-parsing
+    speed: for dumping much memory. The addresses are the current thread's (a vCPU's, or a task's
+    with vmstate-threads tasks), or guest-physical with --phys or `monitor phys on`. An address that
+    is not mapped stops the dump and nothing is written."""
+
+    command_name = "vmstate-dump"
+
+    def __init__(self):
+        super().__init__(self.command_name, gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
+
+    @_one_line_errors
+    def invoke(self, arg, from_tty):
+        args = _argv(arg)
+        physical = "--phys" in args
+        args = [a for a in args if a != "--phys"]
+        if len(args) != 3:
+            raise gdb.GdbError("usage: vmstate-dump FILE START END [--phys]")
+        out = os.path.abspath(os.path.expanduser(args[0]))
+        start, end = (int(gdb.parse_and_eval(a)) & 0xFFFFFFFFFFFFFFFF for a in args[1:])
+        shown = _progress(f"dumping to {args[0]}", from_tty)
+        reply = SESSION.side_request(
+            "dump",
+            progress=shown or (lambda done, total: None),
+            out=out,
+            start=start,
+            end=end,
+            physical=physical,
+        )
+        if shown is not None:
+            shown.done()
+        gdb.write(reply["text"])
+
+
 class VmstateCache(gdb.Parameter):
     """Whether gdb caches the snapshot's memory (on by default).
 
@@ -404,4 +442,5 @@ COMMANDS = (
     VmstateMac,
     VmstateRevert,
     VmstateSave,
+    VmstateDump,
 )
