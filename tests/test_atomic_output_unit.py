@@ -67,3 +67,36 @@ def test_write_meta_failure_is_a_save_error_naming_the_meta(tmp_path, monkeypatc
     with pytest.raises(SaveError, match=r"out\.vmstate\.meta\.json: cannot .*No space left"):
         write_meta(str(tmp_path / "out.vmstate"), {"path": "x"})
     assert os.listdir(tmp_path) == []
+
+
+def _sparse(path, size: int, runs: dict[int, bytes]) -> None:
+    with open(path, "wb") as f:
+        for offset, data in runs.items():
+            f.seek(offset)
+            f.write(data)
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("start,length", [(0, 64 << 20), (4096, (64 << 20) - 4096), (5000, 30 << 20)])
+def test_copy_range_keeps_holes(tmp_path, start, length):
+    """A mapped-ram stream is mostly holes: the copy must equal the source and stay sparse."""
+    src = tmp_path / "src"
+    _sparse(src, 64 << 20, {0: b"head" * 1024, 20 << 20: b"middle" * 2000, (64 << 20) - 3: b"end"})
+    dst = tmp_path / "dst"
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        d.write(b"prefix")
+        emit.copy_range(s.fileno(), d, start, length)
+        d.write(b"suffix")
+    want = b"prefix" + src.read_bytes()[start : start + length] + b"suffix"
+    assert dst.read_bytes() == want
+    assert dst.stat().st_blocks * 512 < 1 << 20  # not 64 MiB of zeros
+
+
+def test_copy_range_of_a_hole_at_the_end_sizes_the_output(tmp_path):
+    src = tmp_path / "src"
+    _sparse(src, 1 << 20, {0: b"x"})
+    dst = tmp_path / "dst"
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        emit.copy_range(s.fileno(), d, 0, 1 << 20)
+        assert d.tell() == 1 << 20
+    assert dst.read_bytes() == src.read_bytes()

@@ -6,6 +6,7 @@ A failure (or SIGKILL) leaves nothing.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import secrets
@@ -121,12 +122,52 @@ def copy_range(
     done: int = 0,
     total: int = 0,
 ) -> None:
-    """Copy file bytes [src_offset, +length) to the current end of ``dst`` (in-kernel when possible)."""
+    """Copy file bytes [src_offset, +length) to the current end of ``dst`` (in-kernel when possible).
+
+    Holes in the source stay holes (a mapped-ram stream is mostly holes: the pages QEMU never
+    wrote); without this the copy would write every zero of the guest's RAM size."""
     dst.flush()
     dst_fd = dst.fileno()
-    out_pos = os.lseek(dst_fd, 0, os.SEEK_CUR)
-    remaining = length
+    start = os.lseek(dst_fd, 0, os.SEEK_CUR)
+    end = src_offset + length
     pos = src_offset
+    while pos < end:
+        data_at, hole_at = _data_run(src_fd, pos, end)
+        if data_at > pos:  # a hole: the output gets one too (written past, or sized at the end)
+            pos = data_at
+            if progress:
+                progress(done + pos - src_offset, total)
+            continue
+        _copy_data(src_fd, dst_fd, pos, hole_at - pos, start + pos - src_offset)
+        pos = hole_at
+        if progress:
+            progress(done + pos - src_offset, total)
+    out_end = start + length
+    if os.fstat(dst_fd).st_size < out_end:  # the range ended in a hole
+        os.ftruncate(dst_fd, out_end)
+    os.lseek(dst_fd, out_end, os.SEEK_SET)
+
+
+def _data_run(fd: int, pos: int, end: int) -> tuple[int, int]:
+    """(start, end) of the next data run at or after ``pos``, clipped to ``end``; (end, end) if
+    none. Where the filesystem cannot say, everything is data."""
+    try:
+        data_at = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # only a hole from pos to the end of the file
+            return end, end
+        return pos, end
+    if data_at >= end:
+        return end, end
+    try:
+        hole_at = os.lseek(fd, data_at, os.SEEK_HOLE)
+    except OSError:
+        hole_at = end
+    return data_at, min(hole_at, end)
+
+
+def _copy_data(src_fd: int, dst_fd: int, pos: int, length: int, out_pos: int) -> None:
+    remaining = length
     while remaining > 0:
         n = min(remaining, _CHUNK)
         try:
@@ -141,9 +182,6 @@ def copy_range(
         pos += copied
         out_pos += copied
         remaining -= copied
-        if progress:
-            progress(done + length - remaining, total)
-    os.lseek(dst_fd, out_pos, os.SEEK_SET)
 
 
 def clone_range(src_fd: int, dst_fd: int, length: int) -> bool:
