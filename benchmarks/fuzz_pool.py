@@ -9,6 +9,7 @@ goes to a new child.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import random
@@ -116,6 +117,7 @@ def _child(
     bases: list[Base], seed: int, numbers: list[int], work: str, budget: float, mem: int, keep: bool, wfd: int
 ):
     os.makedirs(work, exist_ok=True)
+    faulthandler.disable()  # a crash is the parent's to count, not a dump on the terminal
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     signal.signal(signal.SIGALRM, _alarm)
     out = os.fdopen(wfd, "w", buffering=1)
