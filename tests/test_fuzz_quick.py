@@ -79,3 +79,39 @@ def test_the_pool_counts_hangs_crashes_memory_and_exceptions(bases, tmp_path, mo
     assert [r["n"] for r in report.errors] == [3] and "KeyError" in report.errors[0]["tb"]
     assert [r["n"] for r in report.memory] == [4]
     assert report.refused == 4
+
+
+RESUMABLE = {
+    "stream": "small-pc-e1000",
+    "stream-novmdesc": "small-pc-e1000",
+    "arm64-novmdesc": "arm64-virt-novmdesc",
+    "mapped-ram": "small-pc-e1000-qemu10-mapped",
+    "qcow2": "small-q35-e1000-savevm",
+}
+
+
+def _ram_data_mutant(base, seed: int) -> int:
+    return next(n for n in range(10_000) if fuzz_pool.make_mutant(base, seed, n).ram_data_only)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("base_name", list(RESUMABLE))
+def test_a_save_of_a_ram_data_mutant_resumes_in_qemu(
+    bases, snapshot, restored, tmp_path, monkeypatch, base_name
+):
+    """A mutation only in RAM page bytes is a valid snapshot: the fuzzer's save of it (with its
+    register and memory edit) must be loaded by QEMU, which then runs."""
+    import dataclasses
+
+    monkeypatch.setenv("VMSTATE_INDEX_CACHE", "off")
+    base = next(b for b in bases if b.name == base_name)
+    number = _ram_data_mutant(base, 15)
+    previous = signal.signal(signal.SIGALRM, fuzz_pool._alarm)
+    try:
+        r = fuzz_pool.run_one(base, 15, number, str(tmp_path), budget=60, keep=True)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert r["status"] == "opened" and r["saved"] and not r["bad_save"], r
+    meta = snapshot(RESUMABLE[base_name])
+    vm = restored(dataclasses.replace(meta, path=r["output"]))
+    assert vm.qmp("query-status")["status"] == "running", r["what"]
