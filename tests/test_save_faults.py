@@ -283,3 +283,20 @@ def test_two_gdb_sessions_and_the_cli_read_at_once(snapshot):
     assert outs[0] == outs[1]
     assert [bytes.fromhex(line) for line in outs[2].split()] == expected
     assert digest(meta.path) == before
+
+
+@pytest.mark.skipif(not Path(GDB).exists(), reason="needs /usr/bin/gdb")
+def test_vmstate_save_in_gdb_on_a_full_disk_is_one_line(snapshot, tmpfs):
+    meta = snapshot("small-pc-e1000")
+    before = digest(meta.path)
+    mnt = tmpfs(256 << 10)
+    out = str(mnt / "out.vmstate")
+    argv = [GDB, "-nx", "-batch", "-x", str(ROOT / "vmstate.gdb"), "-ex", f"vmstate-open {meta.path}"]
+    argv += ["-ex", "set $rax = 0x1234", "-ex", f"vmstate-save {out}", "-ex", "echo after\\n"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/")
+    text = run.stdout + run.stderr
+    assert "Traceback" not in text, text
+    errors = [ln for ln in text.splitlines() if "No space left on device" in ln]
+    assert len(errors) == 1 and out in errors[0], text
+    assert os.listdir(mnt) == []
+    assert digest(meta.path) == before
