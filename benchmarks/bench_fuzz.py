@@ -18,6 +18,7 @@ Run: .venv/bin/python benchmarks/bench_fuzz.py --count 20000 --seed 1
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import sys
@@ -72,6 +73,40 @@ def print_report(report: Report, failures_file: Path, distinct: int) -> None:
         print(f"  {distinct} distinct, first tracebacks in {failures_file}")
 
 
+def resume_sample(report: Report, cache: Path, most: int, work: Path) -> tuple[int, int, list[str]]:
+    """Resume up to ``most`` saves of RAM-data-only mutants in QEMU (the harness's restore, with
+    the base's recorded command line): each must load and run. (tried, resumed, failures)"""
+    import dataclasses
+
+    from fuzz_bases import SOURCES
+
+    from vmstate_gdb.errors import VmstateError
+    from vmstate_gdb.harness import restore
+    from vmstate_gdb.harness.snapshot import Snapshot as Meta
+
+    by_base: dict[str, list[dict]] = {}
+    for r in report.kept:
+        if r["base"] != "libvirt":  # resumed by virsh restore, not by the harness
+            by_base.setdefault(r["base"], []).append(r)
+    rounds = itertools.zip_longest(*by_base.values())  # round robin over the bases
+    sample = [r for group in rounds for r in group if r is not None][:most]
+    resumed, failed = 0, []
+    for r in sample:
+        meta = Meta.load(str(cache / SOURCES[r["base"]][0]))
+        try:
+            with restore(
+                dataclasses.replace(meta, path=r["output"]), work / "resume", name=f"m{r['n']}"
+            ) as vm:
+                status = vm.qmp("query-status")["status"]
+            if status == "running":
+                resumed += 1
+            else:
+                failed.append(f"{r['what']}: QEMU status {status}")
+        except VmstateError as e:
+            failed.append(f"{r['what']}: {e}")
+    return len(sample), resumed, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1000)
@@ -84,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--cache", default=os.environ.get("VMSTATE_TEST_CACHE"), help="the test snapshot cache")
     ap.add_argument("--bases", help=f"comma-separated subset of {','.join(SOURCES)}")
+    ap.add_argument(
+        "--resume", type=int, default=0, help="resume up to N saves of RAM-data-only mutants in QEMU"
+    )
     ap.add_argument("--only", type=int, help="run mutant N alone, in this process, and show what happened")
     args = ap.parse_args(argv)
     if not args.cache:
@@ -121,7 +159,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
         report = run_fuzz(
-            bases, args.count, args.seed, str(out), args.budget, args.mem, args.workers, progress=progress
+            bases,
+            args.count,
+            args.seed,
+            str(out),
+            args.budget,
+            args.mem,
+            args.workers,
+            keep_ram_saves=args.resume,
+            progress=progress,
         )
         if sys.stderr.isatty():
             print(file=sys.stderr)
@@ -132,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(failures_file, kept)
             failures_file = kept
         print_report(report, failures_file, distinct)
-        return 1 if report.failures else 0
+        bad_resumes: list[str] = []
+        if args.resume:
+            tried, resumed, bad_resumes = resume_sample(report, Path(args.cache), args.resume, out)
+            print(f"resumed in QEMU   {resumed} of {tried} saves of RAM-data-only mutants")
+            for line in bad_resumes:
+                print(f"  did not resume: {line}")
+        return 1 if report.failures or bad_resumes else 0
     finally:
         if own:
             shutil.rmtree(out, ignore_errors=True)
