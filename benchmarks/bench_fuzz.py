@@ -3,9 +3,10 @@ register and memory reads, and a save with a memory and a register edit.
 
 Bases (from the suite's snapshot cache, $VMSTATE_TEST_CACHE or --cache): a plain stream, the same
 without VMDESCRIPTION, an aarch64 stream without VMDESCRIPTION, a mapped-ram stream, a qcow2 with
-a savevm snapshot, a libvirt save image. Mutations hit structure boundaries (truncation), section
-headers, RAM page headers, subsection markers, the JSON, qcow2 header/L1/L2/snapshot table,
-libvirt header lengths, and tell lies in lengths and counts (huge, zero, negative).
+a savevm snapshot, a libvirt save image raw and gzip-compressed. Mutations hit structure
+boundaries (truncation), section headers, RAM page headers, subsection markers, the JSON, qcow2
+header/L1/L2/snapshot table, libvirt header lengths, gzip framing, and tell lies in lengths and
+counts (huge, zero, negative).
 
 Failures, which must stay at zero: exceptions other than the project's VmstateError (their first
 tracebacks, deduplicated, go to OUT/failures.txt), hangs over --budget, memory over --mem,

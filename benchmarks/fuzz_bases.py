@@ -7,6 +7,7 @@ mutations reach the parsers instead of dying at the magic.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import struct
@@ -26,6 +27,7 @@ SOURCES = {
     "mapped-ram": ("small-pc-e1000-qemu10-mapped.vmstate", None),
     "qcow2": ("small-q35-e1000-savevm.qcow2", "snap0"),
     "libvirt": ("small-pc-e1000.vmstate", None),  # wrapped in a libvirt save header
+    "libvirt-gzip": ("small-pc-e1000.vmstate", None),  # the same, gzip-compressed (save_image_format)
 }
 LIBVIRT_XML = (
     "<domain type='kvm'><name>fuzz</name><devices><interface type='user'>"
@@ -117,7 +119,7 @@ def load_bases(cache: Path, names: list[str] | None = None) -> tuple[list[Base],
 
 
 def _make(name: str, path: str, tag: str | None) -> Base:
-    suffix = {"qcow2": ".qcow2", "libvirt": ".save"}.get(name, ".vmstate")
+    suffix = {"qcow2": ".qcow2", "libvirt": ".save", "libvirt-gzip": ".save"}.get(name, ".vmstate")
     size, extents = _read_extents(path)
     if name == "stream-novmdesc":
         with Snapshot.open(path, cache=False) as snap:
@@ -125,10 +127,14 @@ def _make(name: str, path: str, tag: str | None) -> Base:
         assert cut is not None
         size, extents = _read_extents(path, cut)
     prefix = b""
-    if name == "libvirt":
+    if name.startswith("libvirt"):
         xml = LIBVIRT_XML.encode() + b"\0"
         data = xml + bytes(-(HEADER_SIZE + len(xml)) % 4096)
-        prefix = b"LibvirtQemudSave" + struct.pack("<5I", 2, len(data), 1, 0, 0) + bytes(56) + data
+        compressed = int(name == "libvirt-gzip")
+        prefix = b"LibvirtQemudSave" + struct.pack("<5I", 2, len(data), 1, compressed, 0) + bytes(56) + data
+    if name == "libvirt-gzip":
+        return _gzip_base(name, suffix, prefix, b"".join(blob for _, blob in extents))
+    if name == "libvirt":
         extents = [(off + len(prefix), blob) for off, blob in extents]
         extents.insert(0, (0, prefix))
         size += len(prefix)
@@ -237,6 +243,21 @@ def _json_numbers(base: Base, snap: Snapshot, start: int, end: int, most: int = 
     text = base.read(start, end)
     for m in list(re.finditer(rb'"(size|num|version|instance_id|page_size)": (\d+)', text))[:most]:
         base.region("JSON number", start + m.start(2), start + m.end(2))
+
+
+def _gzip_base(name: str, suffix: str, prefix: bytes, stream: bytes) -> Base:
+    """A compressed image: the stream's structure is out of reach; its header, the gzip framing
+    and the deflate data are not."""
+    payload = gzip.compress(stream, mtime=0)
+    base = Base(name, suffix, None, len(prefix) + len(payload), [(0, prefix + payload)])
+    _libvirt_targets(base, len(prefix))
+    p = len(prefix)
+    base.region("gzip header", p, p + 10)
+    base.region("deflate data", p + 10, base.size - 8)
+    base.region("gzip trailer", base.size - 8, base.size)
+    base.lie("gzip ISIZE", base.size - 4, 4, "little")
+    base.boundaries = sorted({b for b in base.boundaries + [p + 10, base.size - 8] if 0 < b < base.size})
+    return base
 
 
 def _libvirt_targets(base: Base, header_len: int) -> None:
