@@ -47,7 +47,7 @@ class Report:
     memory: list[dict] = field(default_factory=list)
     crashes: list[dict] = field(default_factory=list)  # the child died (a signal)
     bad_saves: list[dict] = field(default_factory=list)
-    kept: list[dict] = field(default_factory=list)  # saved outputs of RAM-data-only mutants
+    kept: list[dict] = field(default_factory=list)  # saved outputs kept for a resume in QEMU
     seconds: float = 0.0
 
     @property
@@ -76,8 +76,11 @@ class Report:
             ].append(r)
 
 
-def run_one(base: Base, seed: int, number: int, work: str, budget: float, keep: bool = False) -> dict:
-    """One mutant, in this process, with the timer armed; the result as a dict."""
+def run_one(
+    base: Base, seed: int, number: int, work: str, budget: float, keep: tuple[bool, bool] = (False, False)
+) -> dict:
+    """One mutant, in this process, with the timer armed; the result as a dict. ``keep``: keep the
+    saved file of a (RAM-data-only, other) mutant, for a resume in QEMU."""
     m = make_mutant(base, seed, number)
     result = {"n": number, "base": base.name, "what": m.description, "ram_only": m.ram_data_only}
     path = os.path.join(work, "mutant" + base.suffix)
@@ -85,7 +88,7 @@ def run_one(base: Base, seed: int, number: int, work: str, budget: float, keep: 
     rng = random.Random(f"{seed}/{number}/reads")
     signal.setitimer(signal.ITIMER_REAL, budget)
     try:
-        o = exercise(path, base.tag, work, rng, keep=keep and m.ram_data_only)
+        o = exercise(path, base.tag, work, rng, keep=keep[0] if m.ram_data_only else keep[1])
         result.update(
             status="opened" if o.opened else "refused",
             refused=o.refused,
@@ -114,7 +117,14 @@ def _alarm(signum, frame) -> None:
 
 
 def _child(
-    bases: list[Base], seed: int, numbers: list[int], work: str, budget: float, mem: int, keep: bool, wfd: int
+    bases: list[Base],
+    seed: int,
+    numbers: list[int],
+    work: str,
+    budget: float,
+    mem: int,
+    keep: tuple[bool, bool],
+    wfd: int,
 ):
     os.makedirs(work, exist_ok=True)
     faulthandler.disable()  # a crash is the parent's to count, not a dump on the terminal
@@ -147,16 +157,17 @@ def run_fuzz(
     budget: float = 10.0,
     mem_mib: int = 2048,
     workers: int = 2,
-    keep_ram_saves: int = 0,
+    keep_saves: int = 0,
     progress=None,
 ) -> Report:
-    """``count`` mutants over ``bases`` (mutant N mutates base N % len(bases))."""
+    """``count`` mutants over ``bases`` (mutant N mutates base N % len(bases)); about
+    ``keep_saves`` saved files of RAM-data-only mutants and as many of others are kept."""
     report = Report()
     started = time.perf_counter()
     queue = [list(range(i, min(count, i + BATCH))) for i in range(0, count, BATCH)]
     active: dict[int, _Worker] = {}
     free_slots = list(range(workers))
-    kept = 0
+    kept = Counter()
 
     def spawn(numbers: list[int]) -> None:
         slot = free_slots.pop()
@@ -172,7 +183,7 @@ def run_fuzz(
                     os.path.join(out_dir, f"w{slot}"),
                     budget,
                     mem_mib << 20,
-                    kept < keep_ram_saves,
+                    (kept[True] < keep_saves, kept[False] < keep_saves),
                     wfd,
                 )
             finally:
@@ -181,7 +192,6 @@ def run_fuzz(
         active[rfd] = _Worker(pid, rfd, numbers, slot)
 
     def handle(w: _Worker, line: str) -> None:
-        nonlocal kept
         if line.startswith("S "):
             w.current, w.since = int(line[2:]), time.perf_counter()
             return
@@ -190,7 +200,7 @@ def run_fuzz(
         w.current = None
         report.add(r)
         if r.get("output"):
-            kept += 1
+            kept[r["ram_only"]] += 1
         if progress:
             progress(report)
 

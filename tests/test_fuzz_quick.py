@@ -109,7 +109,7 @@ def test_a_save_of_a_ram_data_mutant_resumes_in_qemu(
     number = _ram_data_mutant(base, 15)
     previous = signal.signal(signal.SIGALRM, fuzz_pool._alarm)
     try:
-        r = fuzz_pool.run_one(base, 15, number, str(tmp_path), budget=60, keep=True)
+        r = fuzz_pool.run_one(base, 15, number, str(tmp_path), budget=60, keep=(True, False))
     finally:
         signal.signal(signal.SIGALRM, previous)
     assert r["status"] == "opened" and r["saved"] and not r["bad_save"], r
