@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from vmstate_gdb import cli
 from vmstate_gdb.devices.format import to_plain
 from vmstate_gdb.errors import AddressError, VmstateError
+from vmstate_gdb.mac import apply_mac_change, plan_mac_change
 from vmstate_gdb.snapshot import Snapshot
 from vmstate_gdb.writer import save
 
@@ -107,6 +108,15 @@ def _reads(snap: Snapshot, outcome: Outcome, rng: random.Random) -> None:
     _step(outcome, "nics", snap.nics)
 
 
+def _change_mac(snap: Snapshot, rng: random.Random) -> bytes | None:
+    """`vmstate patch --mac` of the first NIC (its device state; the RAM scan is left out: slow)."""
+    if not snap.nics():
+        return None
+    new = bytes([0x52, 0x54, 0x00]) + rng.randbytes(3)
+    apply_mac_change(snap, plan_mac_change(snap, None, new))
+    return new
+
+
 def exercise(path: str, tag: str | None, out_dir: str, rng: random.Random, keep: bool = False) -> Outcome:
     outcome = Outcome()
     try:
@@ -120,6 +130,7 @@ def exercise(path: str, tag: str | None, out_dir: str, rng: random.Random, keep:
         _step(outcome, "info", lambda: _cli_info(snap))
         _devices(snap, outcome, rng)
         _reads(snap, outcome, rng)
+        mac = _step(outcome, "mac change", lambda: _change_mac(snap, rng))
         try:
             reg = REGISTER.get(snap.arch.name, "rax")
             value = rng.getrandbits(32)
@@ -138,6 +149,8 @@ def exercise(path: str, tag: str | None, out_dir: str, rng: random.Random, keep:
         with Snapshot.open(out, snapshot=tag, cache=False) as again:
             if again.cpus[0][reg] != value or again.physical.read(where, len(EDIT)) != EDIT:
                 outcome.bad_save = "the saved file opens but lacks the edits"
+            elif mac is not None and mac not in [n.mac for n in again.nics()]:
+                outcome.bad_save = f"the saved file lacks the new MAC {mac.hex(':')}"
     except VmstateError as e:
         outcome.bad_save = f"the saved file is refused by the reader: {_refusal(e)}"
     if keep:

@@ -35,6 +35,22 @@ def bases(snapshot):
 
 
 @pytest.mark.qemu
+def test_every_base_unmutated_opens_reads_and_saves_cleanly(bases, tmp_path, monkeypatch):
+    """The baseline: a refusal of a mutant means the mutation, not the base or the exercise."""
+    import random
+
+    from fuzz_exercise import exercise
+    from fuzz_mutate import Mutant, write_mutant
+
+    monkeypatch.setenv("VMSTATE_INDEX_CACHE", "off")
+    for base in bases:
+        path = str(tmp_path / ("unmutated" + base.suffix))
+        write_mutant(Mutant(0, base, size=base.size), path)
+        o = exercise(path, base.tag, str(tmp_path), random.Random(1))
+        assert o.opened and o.saved and not o.read_refusals and not o.bad_save, (base.name, o)
+
+
+@pytest.mark.qemu
 def test_50_mutants_of_each_base_without_a_failure(bases, tmp_path, monkeypatch):
     monkeypatch.setenv("VMSTATE_INDEX_CACHE", "off")
     count = 50 * len(bases)
