@@ -19,16 +19,24 @@ def meta_path(snapshot_path: str) -> str:
 def load_meta(snapshot_path: str) -> dict | None:
     try:
         with open(meta_path(snapshot_path)) as f:
-            return json.load(f)
+            meta = json.load(f)
     except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
 def write_meta(snapshot_path: str, meta: dict) -> None:
-    tmp = meta_path(snapshot_path) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, meta_path(snapshot_path))
+    """Atomic like a save (two saves racing to one output each write a whole file; a kill leaves
+    no temporary); a failure is a SaveError naming the .meta.json."""
+    from .errors import SaveError
+    from .writer.emit import AtomicOutput
+
+    path = meta_path(snapshot_path)
+    try:
+        with AtomicOutput(path) as f:
+            f.write(json.dumps(meta, indent=1).encode())
+    except OSError as e:
+        raise SaveError(f"cannot write: {e.strerror or e}", path) from None
 
 
 _DROP_WITH_VALUE = {

@@ -6,6 +6,7 @@ The gdb server, the command line and the exporters all go through a :class:`Snap
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from . import index_cache
@@ -83,16 +84,10 @@ class Snapshot:
                 # the vmstate area for qcow2.
                 channel_base = 0 if source.kind == "qcow2" else origin
                 pages = index_cache.PageFile.for_key(key)
+                guard = getattr(source, "no_writers", None)
                 try:
-                    index = index_stream(
-                        buf,
-                        path,
-                        origin=origin if source.kind != "qcow2" else 0,
-                        channel_base=channel_base,
-                        progress=progress,
-                        release=getattr(source, "release", None),
-                        allocate=pages,
-                    )
+                    with guard() if guard is not None else contextlib.nullcontext():
+                        index = _index(source, buf, path, origin, channel_base, progress, pages)
                 except BaseException:
                     if pages is not None:
                         pages.discard()
@@ -239,6 +234,18 @@ class Snapshot:
             ],
             "warnings": idx.warnings + self.devices.warnings + self.layout.notes,
         }
+
+
+def _index(source, buf, path: str, origin: int, channel_base: int, progress, pages) -> StreamIndex:
+    return index_stream(
+        buf,
+        path,
+        origin=origin if source.kind != "qcow2" else 0,
+        channel_base=channel_base,
+        progress=progress,
+        release=getattr(source, "release", None),
+        allocate=pages,
+    )
 
 
 def open_snapshot(path: str, **kwargs) -> Snapshot:

@@ -93,6 +93,10 @@ class PlainStream:
     def release(self, offset: int, length: int) -> None:
         self._file.release(self.base + offset, length)
 
+    def no_writers(self):
+        """Context for the index scan: writers and truncations wait (see MappedFile.no_writers)."""
+        return self._file.no_writers()
+
     def describe(self) -> dict:
         return {"kind": self.kind, "path": self.path, "stream_offset": self.base, "size": self.size}
 

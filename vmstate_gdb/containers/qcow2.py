@@ -529,6 +529,10 @@ class Qcow2VmState:
         if len(self.extents) == 1 and self.extents[0].file_offset is not None:
             self.image.file.release(self.extents[0].file_offset + offset, length)
 
+    def no_writers(self):
+        """Context for the index scan: writers and truncations wait (see MappedFile.no_writers)."""
+        return self.image.file.no_writers()
+
     def refcount(self, offset: int) -> int:
         """Refcount of the host cluster behind stream byte ``offset``."""
         return self.image.refcount(self.file_offset(offset))

@@ -65,6 +65,17 @@ def save(
         plan = make_plan(snap)
     except ValueError as e:
         raise SaveError(str(e), out) from None
+    try:
+        return _save_as(snap, plan, out, fmt, kind, progress, snapshot_name)
+    except VmstateError:
+        raise
+    except OSError as e:  # ENOSPC, EIO, EROFS... in any writer: one line, and the temporary is gone
+        raise SaveError(f"cannot write: {e.strerror or e}", out) from None
+
+
+def _save_as(
+    snap: Snapshot, plan: Plan, out: str, fmt: str, kind: str, progress, snapshot_name: str | None
+) -> SaveResult:
     if fmt == "qcow2":
         if kind != "qcow2":
             raise SaveError("a qcow2 output needs a qcow2 input (its disk); use --format stream", out)

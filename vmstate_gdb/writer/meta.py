@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ..errors import VmstateError
+from ..errors import SaveError, VmstateError
 from ..resume import load_meta, write_meta
 
 
@@ -31,7 +31,14 @@ def write_output_meta(snap, result, mac_changes: dict[str, str]) -> None:
     if result.snapshot_name:
         meta["tag"] = result.snapshot_name
     meta.setdefault("machine_type", snap.index.machine_type)
-    write_meta(result.path, meta)
+    try:
+        write_meta(result.path, meta)
+    except SaveError as e:
+        raise SaveError(
+            f"{e.message}; the snapshot {result.path} itself is complete, but resume-cmd will not know "
+            "its QEMU command line",
+            e.path,
+        ) from None
 
 
 def resume_plan(path: str, kind: str, tag: str | None, snap=None):

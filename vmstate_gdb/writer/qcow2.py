@@ -31,6 +31,21 @@ class _ImageWriter:
         self.out = out
         self.cs = image.cluster_size
         self.end = (os.fstat(fd).st_size + self.cs - 1) // self.cs * self.cs
+        rt = image.refcount_table_offset
+        self.pointer(rt, "the refcount table offset", 48, image.refcount_table_clusters * self.cs)
+
+    def pointer(self, host: int, what: str, at: int, length: int | None = None) -> int:
+        """``host``, read from the image's own tables, if it is a cluster of the image: a corrupt
+        table would otherwise make the writer read or write anywhere (a FormatError instead)."""
+        length = self.cs if length is None else length
+        if host % self.cs or host + length > self.end:
+            raise FormatError(
+                f"{what} ({host:#x}) is not a cluster of the image ({self.end:#x} bytes): its tables are "
+                "corrupt; save with --format stream instead",
+                self.img.path,
+                at,
+            )
+        return host
 
     def _u64(self, offset: int) -> int:
         return int.from_bytes(os.pread(self.fd, 8, offset), "big")
@@ -53,6 +68,8 @@ class _ImageWriter:
             )
         t_off = img.refcount_table_offset + 8 * t_idx
         block = self._u64(t_off) & REFT_OFFSET_MASK
+        if block:
+            self.pointer(block, f"refcount table entry {t_idx}", t_off)
         if block == 0:
             if not allocate:
                 return None
@@ -224,6 +241,8 @@ def _rewrite_vmstate(
             )
         l1e_at = info.l1_table_offset + 8 * l1_idx
         l2 = w._u64(l1e_at) & OFFSET_MASK
+        if l2:
+            w.pointer(l2, f"snapshot L1 entry {l1_idx}", l1e_at)
         if l2 == 0:  # the grown vmstate crosses into a range no L2 table covers yet
             l2 = w.allocate()
             w._put64(l1e_at, l2 | OFLAG_COPIED)
@@ -234,6 +253,8 @@ def _rewrite_vmstate(
         l2e_at = l2 + ((vpos >> image.cluster_bits) & l2_mask) * image.l2_entry_size
         l2e = w._u64(l2e_at)
         host = l2e & OFFSET_MASK
+        if host:
+            w.pointer(host, "an L2 entry of the vmstate", l2e_at)
         if host == 0:
             host = w.allocate()
             w._put64(l2e_at, host | OFLAG_COPIED)
