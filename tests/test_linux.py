@@ -136,11 +136,14 @@ def test_each_vcpu_runs_the_task_we_say(guest):
         if cpu["cs.selector"] & 3 == 0:
             # the task whose kernel stack the vCPU is on unwinds from the vCPU's registers: the
             # scheduler's current task, or inside a context switch the one being switched out
+            # (on an interrupt stack, no task's stack holds the vCPU's sp: then its current task)
             k = guest.kernel
             tasks = [*k.running().values(), *for_each_task(k.prog)]
             on_stack = {t.value_(): t for t in tasks if k.vcpu_on_stack(t) == cpu.index}
-            assert len(on_stack) == 1, on_stack
-            frames = kernel_stack(k, next(iter(on_stack.values())))
+            assert len(on_stack) <= 1, on_stack
+            task = next(iter(on_stack.values())) if on_stack else k.running()[cpu.index]
+            assert k.task_on_vcpu_stack(cpu.index).value_() == task.value_()
+            frames = kernel_stack(k, task)
             assert frames[0].pc == cpu["rip"], (frames[0], hex(cpu["rip"]))
 
 
@@ -454,3 +457,20 @@ def test_a_debug_vmlinux_gives_the_same_view(kaslr):
     assert [v.maps_line() for v in process_vmas(dwarf, dwarf.task(parent))] == kaslr.report.maps[parent]
     proc = vmstate("linux", kaslr.meta.path, "ps", "--vmlinux", "/nonexistent/vmlinux", check=False)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "/nonexistent/vmlinux" in proc.stderr
+
+
+def test_a_vcpu_on_an_interrupt_stack_unwinds_its_current_task_from_the_vcpu(snapshot):
+    """With the vCPU's stack pointer in no task's kernel stack (as on the per-CPU interrupt
+    stack), the current task unwinds from the vCPU's registers, not from its stale switch frame.
+    The registers are edited in the overlay to put vCPU 0 there."""
+    meta = snapshot("linux-pc-3nic")
+    with Snapshot.open(meta.path) as snap:
+        k = open_linux(snap)
+        current = k.running()[0]
+        elsewhere = k.prog.symbol("jiffies").address + 0x800  # kernel data: no task's stack
+        rip = k.prog.symbol("schedule").address
+        snap.set_register(0, "rsp", elsewhere)
+        snap.set_register(0, "rip", rip)
+        assert k.vcpu_on_stack(current) is None
+        assert k.task_on_vcpu_stack(0).value_() == current.value_()
+        assert kernel_stack(k, current)[0].pc == rip

@@ -180,6 +180,14 @@ class LinuxKernel:
         else from what the scheduler saved when it switched away."""
         self.load_modules()
         vcpu = self.vcpu_on_stack(task)
+        if vcpu is None:  # the current task of a vCPU on an interrupt or exception stack
+            running = self.vcpu_running(task)
+            if (
+                running is not None
+                and not self.abi.in_user_mode(self.snap.cpu(running))
+                and self.task_on_vcpu_stack(running).value_() == task.value_()
+            ):
+                vcpu = running
         if vcpu is not None:
             return self.prog.stack_trace(self.vcpu_regs(vcpu))
         try:
@@ -198,7 +206,8 @@ class LinuxKernel:
 
     def task_on_vcpu_stack(self, vcpu: int) -> Object | None:
         """The task whose kernel stack the vCPU runs on: the scheduler's current task but for a
-        vCPU stopped inside a context switch, still on the task it is leaving."""
+        vCPU stopped inside a context switch, still on the task it is leaving. A vCPU on an
+        interrupt or exception stack (no task's) runs for its current task."""
         from drgn.helpers.linux.pid import for_each_task
 
         current = self.running().get(vcpu)
