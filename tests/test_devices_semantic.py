@@ -72,7 +72,8 @@ def test_rtc_is_the_guests_clock(snapshot, name):
     with Snapshot.open(meta.path) as snap:
         rtc = _kind(snap, "MC146818 RTC")
         ours = _epoch(rtc.get("time"))
-        assert 0 <= ours - _epoch(clocks[-1].replace(" ", "T")) <= 3, (rtc.get("time"), clocks[-1])
+        # a CLOCK line a second; a loaded 2-core machine may stretch the guest's second or two
+        assert 0 <= ours - _epoch(clocks[-1].replace(" ", "T")) <= 5, (rtc.get("time"), clocks[-1])
         b, a = rtc.get("REG_B"), rtc.get("REG_A")
         assert proc["24hr"] == ("yes" if b & 2 else "no")
         assert proc["BCD"] == ("no" if b & 4 else "yes")
@@ -226,14 +227,15 @@ def test_diff_and_export_speak_register_names(snapshot, tmp_path):
     tree = json.loads(exported.read_text())
     (e1000,) = [v for v in tree["explained"] if v["kind"] == "e1000 registers"]
     (rctl,) = [r for r in e1000["registers"] if r["name"] == "RCTL"]
-    assert rctl["source"] == "mac_reg[RCTL]" and int(rctl["value"], 16) & 2
-    rctl["value"] = f"{int(rctl['value'], 16) & ~2:#x}"
+    old = int(rctl["value"], 16)
+    assert rctl["source"] == "mac_reg[RCTL]" and old & 2
+    rctl["value"] = f"{old & ~2:#x}"
     exported.write_text(json.dumps(tree))
     imported = tmp_path / "imported.vmstate"
     run = subprocess.run([*VMSTATE, "import-devices", "-q", meta.path, str(exported), str(imported)],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "register 0000:00:02.0/e1000.RCTL: 0x8002 -> 0x8000" in run.stdout
+    assert f"register 0000:00:02.0/e1000.RCTL: {old:#x} -> {old & ~2:#x}" in run.stdout
     assert imported.read_bytes() == out.read_bytes()
 
 
@@ -269,7 +271,9 @@ def test_gdb_vmstate_set_by_register_name(snapshot, tmp_path):
         "vmstate-set e1000.RCTL.BOGUS 1",
         f"vmstate-save {out_file}",
     )
-    assert "0000:00:02.0/e1000.RCTL.EN: 0x8002 -> 0x8000" in out, out
+    with Snapshot.open(meta.path) as snap:
+        old = _kind(snap, "e1000 registers").get("RCTL")
+    assert f"0000:00:02.0/e1000.RCTL.EN: {old:#x} -> {old & ~2:#x}" in out, out
     assert "mc146818rtc.time: " in out and "-> 2030-02-03 04:05:06" in out, out
     assert "has no part 'BOGUS'" in out and "Traceback" not in out, out
     with Snapshot.open(str(out_file)) as snap:
@@ -300,10 +304,11 @@ def test_virtio_blk_queue_and_its_last_request_are_the_guests(snapshot):
                                f"{q['vring-avail']:#x} used {q['vring-used']:#x}"), text  # fmt: skip
         assert (x.get("req0.last_avail_idx"), x.get("req0.used_idx")) == (q["last-avail-idx"], q["used-idx"])
         last = next(v.text for v in x.values if v.name == "req0.last_used")
+        # a 16-byte header the device reads, the 4096 data bytes (one buffer or more), the status byte
         m = re.match(
-            r"IN \(read\) sector (\d+): r 0x[0-9a-f]+\+16 w 0x[0-9a-f]+\+4096 w 0x[0-9a-f]+\+1; ", last
+            r"IN \(read\) sector (\d+): r 0x[0-9a-f]+\+16 ((?:w 0x[0-9a-f]+\+\d+ )+)w 0x[0-9a-f]+\+1; ", last
         )
-        assert m, last
+        assert m and sum(int(p.split("+")[1]) for p in m[2].split()[1::2]) == 4096, last
         assert int(m[1]) in (sector, (n + 1) % 1000 * 8), (last, reads[-1])
 
 
