@@ -81,7 +81,7 @@ def test_gdb_vmstate_devices_explain(snapshot):
 def test_vector_bitmaps_and_lvt_flags():
     assert vectors([1, 0, 0, 0, 0, 0, 0, 1 << 12]) == [0, 236]
     assert vectors([0] * 8) == []
-    assert lvt_text("LVTT", 0x200EC) == "vec 236 Fixed active-hi edge periodic"
+    assert lvt_text("LVTT", 0x200EC) == "vec 236 Fixed periodic"  # no polarity or trigger: LINT0/1 only
     assert lvt_text("LVT0", 0x10700) == "vec 0 ExtINT active-hi edge masked"
     assert lvt_text("LVT1", 0xA400) == "vec 0 NMI active-lo level"
 

@@ -150,7 +150,7 @@ def test_mac_edited_in_the_file_resumes_in_qemu(snapshot, restored, tmp_path, na
         # only the <nics> entry: the import changes every copy (mac_reg RA, EEPROM, checksum)
         text = text.replace(f'mac="{old}"', f'mac="{NEW_MAC}"')
     open(xml, "w").write(text)
-    run = vmstate("import-devices", meta.path, xml, out, "-q")
+    run = vmstate("import-devices", meta.path, xml, out)  # not -q: the resume command line is wanted
     assert run.returncode == 0, run.stderr
     assert f"mac={NEW_MAC}" in run.stdout, run.stdout  # the resume command line has the new MAC
     if "virtio" in name:

@@ -20,7 +20,8 @@ def _save(snap, args) -> None:
     progress.done()
     write_output_meta(snap, result, macs)
     print(result.summary())
-    print(describe_resume(result.path, result.format, result.snapshot_name))
+    if not args.quiet:
+        print(describe_resume(result.path, result.format, result.snapshot_name))
 
 
 def cmd_export_devices(args) -> int:

@@ -283,8 +283,12 @@ class VmstateSet(DevicePathCompletion, gdb.Command):
     @_one_line_errors
     def invoke(self, arg, from_tty):
         args = _argv(arg)
+        if len(args) == 1 and "=" in args[0]:  # the --set form, PATH=VALUE
+            args = args[0].split("=", 1)
+        if len(args) > 2:  # a value with spaces, e.g. a date and time
+            args = [args[0], " ".join(args[1:])]
         if len(args) != 2:
-            raise gdb.GdbError("usage: vmstate-set PATH VALUE")
+            raise gdb.GdbError("usage: vmstate-set PATH VALUE (e.g. vmstate-set e1000.RCTL.EN 0)")
         gdb.write(SESSION.request("set", path=args[0], value=args[1])["text"])
         _flush_gdb_caches()
 

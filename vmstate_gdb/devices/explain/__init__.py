@@ -27,6 +27,9 @@ class Value:
     bits: dict[str, tuple[int, int]] = field(default_factory=dict)
     setter: Setter | None = None  # set from text, for values that are not one raw integer
     settable: bool = True  # False: shown from several fields or from guest memory
+    limit: int | None = None  # the largest value the register can hold here (a ring index...)
+    hint: str = ""  # how to change it instead, where it cannot be set by name
+    width: int = 0  # bytes, for a register inside a buffer field (source "FIELD+OFFSET")
 
     def as_dict(self) -> dict:
         out = {"name": self.name, "value": self.value, "text": self.text, "source": self.source}
@@ -41,8 +44,10 @@ class Explained:
     kind: str  # "local APIC", "i8259", ...
     values: list[Value] = field(default_factory=list)
 
-    def add(self, name: str, value, text: str, source: str, bits=None, setter=None, settable=True) -> None:
-        self.values.append(Value(name, value, text, source, dict(bits or {}), setter, settable))
+    def add(
+        self, name: str, value, text: str, source: str, bits=None, setter=None, settable=True, **more
+    ) -> None:
+        self.values.append(Value(name, value, text, source, dict(bits or {}), setter, settable, **more))
 
     def get(self, name: str):
         for v in self.values:

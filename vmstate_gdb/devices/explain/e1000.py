@@ -68,9 +68,15 @@ def explain_e1000(device, value) -> Explained:
         x.add(f"{side} ring", r["base"],
               f"{r['descriptors']} descriptors at {r['base']:#x}, head {r['head']} tail {r['tail']}: "
               f"{r['owned_by_device']} {what}", f"mac_reg[{prefix}BAL]", settable=False)  # fmt: skip
-        for part in ("H", "T", "LEN"):
+        count = reg(f"{prefix}LEN") // DESCRIPTOR
+        for part, what in (("H", "head (next descriptor the device uses)"),
+                           ("T", "tail (one past the last the driver gave)")):  # fmt: skip
             name = prefix + part
-            x.add(name, reg(name), f"{side} ring {part}", f"mac_reg[{name}]")
+            index = reg(name)
+            bad = f" BEYOND THE RING of {count}" if count and index >= count else ""
+            x.add(name, index, f"{side} ring {what}{bad}", f"mac_reg[{name}]", limit=max(count - 1, 0))
+        x.add(f"{prefix}LEN", reg(f"{prefix}LEN"), f"{side} ring length in bytes ({count} descriptors)",
+              f"mac_reg[{prefix}LEN]", limit=0xFFF80)  # fmt: skip
     for name in ("GPRC", "GPTC", "TOTL", "TPT", "TPR", "MPC"):
         x.add(name, reg(name), "statistics counter", f"mac_reg[{name}]")
     return x

@@ -14,6 +14,7 @@ from ..tree import Device, DeviceTree
 from . import Explained, Memory, Value, explain
 
 _BYTE_OF_BUFFER = re.compile(r"^(?P<field>.+)\[(?P<index>0x[0-9a-fA-F]+|\d+)\]$")
+_BYTES_OF_BUFFER = re.compile(r"^(?P<field>.+)\+(?P<offset>0x[0-9a-fA-F]+|\d+)$")  # PCI config space
 _TRUE = {"1": 1, "true": 1, "on": 1, "yes": 1, "0": 0, "false": 0, "off": 0, "no": 0}
 
 
@@ -55,8 +56,13 @@ def _register(tree: DeviceTree, device: Device, rest: str, memory: Memory | None
             return Target(device, v, part)
     if not values:
         raise EditError(f"{device.key} ({device.model}) has no explainer: set its raw fields by path")
+    import difflib
+
+    close = difflib.get_close_matches(rest.split(".")[0], [v.name for v in values], n=3)
+    if close:
+        raise EditError(f"{device.key} has no register {rest!r}; did you mean {' or '.join(close)}?")
     names = ", ".join(v.name for v in values[:16]) + (" ..." if len(values) > 16 else "")
-    raise EditError(f"{device.key} has no register {rest!r} (registers: {names})")
+    raise EditError(f"{device.key} has no register {rest!r} (registers: {names}; all: devices --explain)")
 
 
 def plan(tree: DeviceTree, target: Target, text: str) -> list[tuple[str, int | bytes]]:
@@ -67,14 +73,37 @@ def plan(tree: DeviceTree, target: Target, text: str) -> list[tuple[str, int | b
         return tree.resolve(f"{device.key}/{rel}").value(tree.read)  # type: ignore[attr-defined]
 
     if not v.settable:
+        if v.hint:
+            raise EditError(f"{target.name} cannot be set by name: {v.hint}")
+        if v.source.startswith("guest memory"):
+            raise EditError(
+                f"{target.name} is in guest memory ({v.source[13:]}): write it with "
+                "--write ADDR=HEX --phys (vmstate patch), or in gdb after monitor phys on"
+            )
         raise EditError(f"{target.name} is shown from {v.source} and more; set the fields it is made of")
     if v.setter is not None and target.part is None:
         return [(f"{device.key}/{rel}", new) for rel, new in v.setter(device, value, text)]
     number = _number(text, target.name)
+    m = _BYTES_OF_BUFFER.match(v.source)
+    if m and v.width:  # a little-endian register inside a buffer field: PCI config space
+        path, offset = m["field"], int(m["offset"], 0)
+        raw = bytearray(value(path))
+        current = int.from_bytes(raw[offset : offset + v.width], "little")
+        if target.part is not None:
+            low, width = v.bits[target.part]
+            if not 0 <= number < 1 << width:
+                raise EditError(f"{target.name}: {text} does not fit {width} bit(s)")
+            number = current & ~((1 << width) - 1 << low) | number << low
+        if not 0 <= number < 1 << 8 * v.width:
+            raise EditError(f"{target.name}: {text} does not fit {8 * v.width} bits")
+        raw[offset : offset + v.width] = number.to_bytes(v.width, "little")
+        return [(f"{device.key}/{path}", bytes(raw))]
     path, byte = _source(tree, device, v.source, target.name)
     current = value(path) if byte is None else value(path)[byte]
     if not isinstance(current, int):
         raise EditError(f"{target.name} comes from {v.source}, which is not an integer field")
+    if target.part is None and v.limit is not None and number > v.limit:
+        raise EditError(f"{target.name}: {text} is beyond what it can hold here (at most {v.limit:#x})")
     if target.part is not None:
         low, width = v.bits[target.part]
         if not 0 <= number < 1 << width:

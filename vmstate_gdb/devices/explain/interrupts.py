@@ -24,14 +24,31 @@ def vectors(words: list[int]) -> list[int]:
 
 def lvt_text(name: str, raw: int) -> str:
     parts = [f"vec {raw & 0xFF}", _DELIVERY.get(raw >> 8 & 7, f"mode {raw >> 8 & 7}")]
-    parts.append("active-lo" if raw & 1 << 13 else "active-hi")
-    parts.append("level" if raw & 1 << 15 else "edge")
+    if name not in ("LVTT", "LVTTHMR", "LVTPC", "LVTERR"):  # only LINT0/1 have polarity and trigger
+        parts.append("active-lo" if raw & 1 << 13 else "active-hi")
+        parts.append("level" if raw & 1 << 15 else "edge")
     if raw & 1 << 12:
         parts.append("pending")
     if raw & 1 << 16:
         parts.append("masked")
     if name == "LVTT":
         parts.append(_TIMER_MODE.get(raw >> 17 & 3, "reserved-mode"))
+    return " ".join(parts)
+
+
+_ICR_DELIVERY = {0: "Fixed", 1: "LowPrio", 2: "SMI", 4: "NMI", 5: "INIT", 6: "StartUp"}
+_SHORTHAND = {0: "to the destination", 1: "to self", 2: "to all", 3: "to all but self"}
+
+
+def icr_text(raw: int) -> str:
+    """The last interrupt command sent (SDM vol. 3 fig. 11-12)."""
+    mode = raw >> 8 & 7
+    parts = [_ICR_DELIVERY.get(mode, f"mode {mode}"), f"vec {raw & 0xFF:#x}", _SHORTHAND[raw >> 18 & 3]]
+    parts.append("logical" if raw & 1 << 11 else "physical")
+    if mode == 5:
+        parts.append("assert" if raw & 1 << 14 else "de-assert")
+    if raw & 1 << 12:
+        parts.append("send pending")
     return " ".join(parts)
 
 
@@ -56,12 +73,13 @@ def explain_apic(device, value) -> Explained:
         raw = value(f"lvt[{i}]")
         x.add(name, raw, lvt_text(name, raw), f"lvt[{i}]", bits=LVT_BITS)
     x.add("ESR", value("esr"), "error status", "esr")
-    x.add("ICR", value("icr[0]"), "interrupt command (low)", "icr[0]")
+    x.add("ICR", value("icr[0]"), icr_text(value("icr[0]")), "icr[0]")
     x.add("ICR2", value("icr[1]"), f"destination {value('icr[1]') >> 24}", "icr[1]")
     dcr = value("divide_conf")
     shift = ((dcr & 3) | (dcr >> 1 & 4)) + 1 & 7
     x.add("DCR", dcr, f"divide by {1 << shift}", "divide_conf")
-    x.add("initial_count", value("initial_count"), "timer initial count", "initial_count")
+    x.add("initial_count", value("initial_count"), "TMICT, the timer's initial count (the current count "
+          "TMCCT follows from QEMU's clock, which the stream does not give)", "initial_count")  # fmt: skip
     for name, rel in (("ISR", "isr"), ("TMR", "tmr"), ("IRR", "irr")):
         vs = vectors(_words(value, rel))
         x.add(name, vs, " ".join(map(str, vs)) or "(none)", rel)

@@ -68,6 +68,14 @@ def capabilities(cfg: bytes) -> list[tuple[int, int]]:
     return out
 
 
+READ_ONLY = "read-only: QEMU refuses a stream whose read-only config bytes differ (get_pci_config_device)"
+_STATUS = {3: "INTx", 4: "capabilities", 5: "66MHz", 7: "fast-b2b", 8: "master-parity-error",
+           11: "signaled-target-abort", 12: "received-target-abort", 13: "received-master-abort",
+           14: "signaled-system-error", 15: "detected-parity-error"}  # fmt: skip
+RAW = "set the raw config bytes (vmstate devices DEV/parent_obj)"
+FIXED = {"settable": False, "hint": READ_ONLY}
+
+
 def explain_pci(device, value) -> Explained | None:
     m = _BDF.match(device.idstr)
     leaf = config_leaf(device)
@@ -79,17 +87,18 @@ def explain_pci(device, value) -> Explained | None:
     vendor, dev = struct.unpack_from("<HH", cfg, 0)
     x.add("address", f"{m[2]}:{m[3]}.{m[4]}", f"bus {int(m[2], 16)} slot {int(m[3], 16)} function {m[4]}",
           device.idstr)  # fmt: skip
-    x.add("vendor", vendor, VENDORS.get(vendor, "unknown vendor"), f"{src}+0x0")
-    x.add("device", dev, f"{vendor:04x}:{dev:04x}", f"{src}+0x2")
+    x.add("vendor", vendor, VENDORS.get(vendor, "unknown vendor"), f"{src}+0x0", **FIXED)
+    x.add("device", dev, f"{vendor:04x}:{dev:04x}", f"{src}+0x2", **FIXED)
     command, status = struct.unpack_from("<HH", cfg, 4)
     x.add("pci.command", command, " ".join(n for b, n in _COMMAND.items() if command >> b & 1) or "disabled",
-          f"{src}+0x4")  # fmt: skip
-    x.add("pci.status", status, "capabilities" if status & 0x10 else "", f"{src}+0x6")
+          f"{src}+0x4", width=2, bits={n: (b, 1) for b, n in _COMMAND.items()})  # fmt: skip
+    x.add("pci.status", status, " ".join(n for b, n in _STATUS.items() if status >> b & 1) or "none",
+          f"{src}+0x6", settable=False, hint="its error bits are write-one-to-clear; " + RAW)  # fmt: skip
     x.add("class", cfg[0x0B] << 16 | cfg[0x0A] << 8 | cfg[0x09], f"class {cfg[0x0B]:02x}{cfg[0x0A]:02x}"
-          f" prog-if {cfg[0x09]:02x} rev {cfg[0x08]:02x}", f"{src}+0x9")  # fmt: skip
+          f" prog-if {cfg[0x09]:02x} rev {cfg[0x08]:02x}", f"{src}+0x9", **FIXED)  # fmt: skip
     if cfg[0x0E] & 0x7F == 0:
         sv, sd = struct.unpack_from("<HH", cfg, 0x2C)
-        x.add("subsystem", sv << 16 | sd, f"{sv:04x}:{sd:04x}", f"{src}+0x2c")
+        x.add("subsystem", sv << 16 | sd, f"{sv:04x}:{sd:04x}", f"{src}+0x2c", **FIXED)
     for i, bar in bars(cfg).items():
         if not bar["address"]:
             continue  # unused or not yet assigned by the guest
@@ -98,10 +107,10 @@ def explain_pci(device, value) -> Explained | None:
             if bar["kind"] == "io"
             else f"{bar['bits']} bit {'prefetchable ' * bar['prefetchable']}memory at {bar['address']:#x}"
         )
-        x.add(f"BAR{i}", bar["address"], text, f"{src}+{0x10 + 4 * i:#x}")
-    x.add("interrupt_line", cfg[0x3C], f"IRQ {cfg[0x3C]}", f"{src}+0x3c")
+        x.add(f"BAR{i}", bar["address"], text, f"{src}+{0x10 + 4 * i:#x}", settable=False, hint=RAW)
+    x.add("interrupt_line", cfg[0x3C], f"IRQ {cfg[0x3C]}", f"{src}+0x3c", width=1)
     pin = cfg[0x3D]
-    x.add("interrupt_pin", pin, f"pin {'ABCD'[pin - 1]}" if 1 <= pin <= 4 else "none", f"{src}+0x3d")
+    x.add("interrupt_pin", pin, f"pin {'ABCD'[pin - 1]}" if 1 <= pin <= 4 else "none", f"{src}+0x3d", **FIXED)
     for off, cap in capabilities(cfg):
         text = CAPABILITIES.get(cap, f"id {cap:#x}")
         if cap == 0x11:
@@ -119,7 +128,7 @@ def explain_pci(device, value) -> Explained | None:
         elif cap == 0x05:
             (ctl,) = struct.unpack_from("<H", cfg, off + 2)
             text += f": {'enabled' if ctl & 1 else 'disabled'}, {'64' if ctl & 0x80 else '32'}-bit"
-        x.add(f"cap@{off:#x}", cap, text, f"{src}+{off:#x}")
+        x.add(f"cap@{off:#x}", cap, text, f"{src}+{off:#x}", settable=False, hint=RAW)
     return x
 
 

@@ -9,8 +9,10 @@ import struct
 from . import Explained, register
 
 CHIP_CMD = {0: "BUFE", 2: "TE", 3: "RE", 4: "RST"}
-INTR = {0: "ROK", 1: "RER", 2: "TOK", 3: "TER", 4: "RxOverflow", 5: "LinkChg", 6: "RxFIFOOver",
-        13: "LenChg", 14: "TimeOut", 15: "SERR"}  # fmt: skip
+# bit 4 is RxOverflow (RxBufOvw) in classic mode and RDU (no free RX descriptor) in C+ mode; bit 7
+# TDU (no TX descriptor) in C+ mode
+INTR = {0: "ROK", 1: "RER", 2: "TOK", 3: "TER", 4: "RxOverflow/RDU", 5: "LinkChg", 6: "RxFIFOOver",
+        7: "TDU", 13: "LenChg", 14: "TimeOut", 15: "SERR"}  # fmt: skip
 RX_CONFIG = {0: "AAP", 1: "APM", 2: "AM", 3: "AB", 4: "AR", 5: "AER", 7: "WRAP"}
 CP_CMD = {0: "CPlusTxEnb", 1: "CPlusRxEnb", 3: "PCIMulRW", 4: "PCIDAC", 5: "RxChkSum", 6: "RxVLAN"}
 TSD = {13: "OWN", 14: "TUN", 15: "TOK", 30: "TABT", 31: "CRS"}
@@ -30,7 +32,8 @@ def _bits(names: dict[int, str]) -> dict[str, tuple[int, int]]:
 def explain_rtl8139(device, value) -> Explained:
     x = Explained(device.key, "RTL8139 registers")
     mac = value("phys")
-    x.add("IDR", mac.hex(":"), "station address (change it with --mac)", "phys", settable=False)
+    copies = "its copies (phys, conf.macaddr, EEPROM) change together with --mac or vmstate-mac"
+    x.add("IDR", mac.hex(":"), "station address", "phys", settable=False, hint=copies)
     cmd = value("bChipCmdState")
     x.add("ChipCmd", cmd, _flags(cmd, CHIP_CMD), "bChipCmdState", bits=_bits(CHIP_CMD))
     imr, isr = value("IntrMask"), value("IntrStatus")

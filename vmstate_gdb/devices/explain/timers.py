@@ -19,7 +19,7 @@ PIT_HZ = 1193182  # the 8254's input clock
 _PIT_MODES = {0: "interrupt on terminal count", 1: "hardware one-shot", 2: "rate generator",
               3: "square wave", 4: "software strobe", 5: "hardware strobe", 6: "rate generator",
               7: "square wave"}  # fmt: skip
-_PIT_ACCESS = {0: "latch", 1: "LSB only", 2: "MSB only", 3: "LSB then MSB"}
+_PIT_ACCESS = {0: "count latched (latch command)", 1: "LSB only", 2: "MSB only", 3: "LSB then MSB"}
 _PIT_USE = {0: "system timer (IRQ0)", 1: "DRAM refresh", 2: "PC speaker"}
 
 
@@ -71,11 +71,21 @@ def explain_hpet(device, value) -> Explained:
         cfg, cmp, period = value(f"{t}/config"), value(f"{t}/cmp"), value(f"{t}/period")
         route = cfg >> 9 & 0x1F
         wide = cfg >> 5 & 1 and not cfg >> 8 & 1
-        text = (f"{_flags(cfg & 0xFFFFFFFF, HPET_TIMER)}; IOAPIC pin {route}"
-                f" (allowed: {_pins(cfg >> 32)})")  # fmt: skip
+        if config & 2 and i < 2:  # legacy replacement: T0 takes IRQ0 (IOAPIC pin 2), T1 IRQ8
+            where = "IRQ0 (IOAPIC pin 2)" if i == 0 else "IRQ8 (IOAPIC pin 8)"
+            routing = f"routed to {where} by LEG_RT_CNF"
+        else:
+            routing = f"IOAPIC pin {route} (allowed: {_pins(cfg >> 32)})"
+        enabled = "interrupt enabled" if cfg >> 2 & 1 else "interrupt disabled (INT_ENB_CNF=0)"
+        text = f"{_flags(cfg & 0xFFFFFFFF, HPET_TIMER)}; {enabled}; {routing}"
         x.add(f"T{i}.config", cfg, text, f"{t}/config", bits=HPET_TIMER_BITS)
         delta = (cmp - counter) % (1 << (64 if wide else 32))
-        when = f"fires in {delta * HPET_PERIOD_NS / 1e6:.3f} ms" if running and cfg >> 2 & 1 else "not armed"
+        if not running:
+            when = "the HPET is halted"
+        else:
+            when = f"matches in {delta * HPET_PERIOD_NS / 1e6:.3f} ms" + (
+                "" if cfg >> 2 & 1 else " (its interrupt is disabled)"
+            )
         x.add(f"T{i}.cmp", cmp, f"comparator {cmp}: {when}", f"{t}/cmp")
         if cfg >> 3 & 1:
             hz = 1e9 / (period * HPET_PERIOD_NS) if period else 0.0

@@ -131,7 +131,8 @@ def explain_virtio(device, value) -> Explained | None:
             if entry is not None:
                 text = (f"{_chain_text(model, ring, ring.chain(entry[0]))}; {entry[1]} bytes written "
                         "(descriptors as the table holds them now: the driver may reuse them)")  # fmt: skip
-                x.add(f"{name}.last_used", entry[0], text, f"guest memory {used + 4:#x}", settable=False)
+                where = used + 4 + 8 * ((ring.used_idx - 1) % num)
+                x.add(f"{name}.last_used", entry[0], text, f"guest memory {where:#x}", settable=False)
         for label, start, n in (("waiting", last, waiting), ("in_flight", ring.used_idx, in_flight)):
             if not n:
                 continue
@@ -212,7 +213,8 @@ def _chain_text(model: str, ring: Ring, chain: list[tuple[int, int, int]]) -> st
     parts = []
     for addr, length, flags in chain:
         kind = "w" if flags & DESC_F_WRITE else "r"
-        parts.append(f"{kind} {addr:#x}+{length}")
+        stale = "" if ring.read(addr, 1) is not None else " (not in RAM: stale)"
+        parts.append(f"{kind} {addr:#x}+{length}{stale}")
     text = " ".join(parts)
     addr, length, flags = chain[0]
     if model == "virtio-blk" and length >= 16 and not flags & DESC_F_WRITE:
