@@ -189,6 +189,10 @@ def test_edits_by_register_name_write_the_raw_fields(snapshot):
         set_by_name(snap, "mc146818rtc.REG_B.UIE", "on")  # one byte of the CMOS buffer
         assert snap.field_value("mc146818rtc/cmos_data")[0x0B] & 0x10
         assert set_by_name(snap, "e1000/mac_reg[RCTL]", "0") is None  # a raw path: not by name
+        config = "e1000/parent_obj/config[0]"
+        command = int.from_bytes(snap.field_value(config)[4:6], "little")
+        set_by_name(snap, "e1000.pci.command.bus-master", "0")  # 2 bytes inside PCI config space
+        assert int.from_bytes(snap.field_value(config)[4:6], "little") == command & ~4
         for name, value, message in (
             ("e1000.RCTL.NOPE", "1", "has no part 'NOPE'"),
             ("e1000.NOPE", "1", "has no register 'NOPE'"),
@@ -196,6 +200,10 @@ def test_edits_by_register_name_write_the_raw_fields(snapshot):
             ("e1000.RX ring", "0", "set the fields it is made of"),
             ("mc146818rtc.time", "yesterday", "is not a date and time"),
             ("e1000.RCTL", "lots", "is not a number"),
+            ("e1000.RDH", "0x1ffff", "beyond what it can hold here"),
+            ("e1000.vendor", "0x1234", "read-only: QEMU refuses"),
+            ("rtl8139.IDR", "0", "--mac"),
+            ("virtio-net.rx0.avail_idx", "3", "--write ADDR=HEX --phys"),
         ):
             target = find(tree, name, snap.physical.read) if "NOPE" not in name else None
             with pytest.raises(EditError, match=re.escape(message)):
