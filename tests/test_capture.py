@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from mounts import tmpfs
 
 from vmstate_gdb.capture.libvirt import ABSENT, _binding
 from vmstate_gdb.capture.monitor import open_qmp, split_address
@@ -336,22 +337,12 @@ def test_blocked_vm_fails_alone(vm_with_qmp, tmp_path: Path) -> None:
     assert_running(vms)
 
 
-def _tiny_tmpfs(path: Path, size: str) -> None:
-    path.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-
-
 @pytest.mark.qemu
 def test_disk_full_removes_partial_and_resumes(vm_with_qmp, tmp_path: Path) -> None:
     """-o on a 256 KiB tmpfs: both streams (about 1 MiB) fail, nothing is left, both VMs run."""
     vms = [vm_with_qmp("full72", "7.2"), vm_with_qmp("full10", "10")]
     out = tmp_path / "tiny"
-    _tiny_tmpfs(out, "256k")
-    try:
+    with tmpfs(out, "256k"):
         for vm in vms:
             vm.wait_for_ticks(1)
         proc = vmstate("capture", "--qmp", ",".join(vm.tool_qmp for vm in vms), "-o", str(out), "--json")
@@ -364,8 +355,6 @@ def test_disk_full_removes_partial_and_resumes(vm_with_qmp, tmp_path: Path) -> N
         assert len(proc.stderr.strip().splitlines()) == 2
         assert list(out.iterdir()) == []
         assert_running(vms)
-    finally:
-        subprocess.run(["umount", str(out)], check=False)
 
 
 @pytest.mark.qemu

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounts import tmpfs
 from test_libvirt_real import NIC_XML, small_domain_xml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,23 +334,11 @@ def test_daemon_lost_mid_capture(hosts, out_dir: Path, fault: str) -> None:
         victim.close()
 
 
-def _tiny_tmpfs(path: Path, size: str, mode: str = "0755") -> None:
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-
-
 def test_output_full(hosts, out_dir: Path) -> None:
     """-o on a 256 KiB tmpfs: every stream fails, no file is left, every domain runs on, and each
     failure is one line with its URI and domain."""
     full = out_dir / "tiny"
-    full.mkdir()
-    _tiny_tmpfs(full, "256k")
-    try:
+    with tmpfs(full, "256k", mode="0755"):
         before = ticks_now(hosts)
         args = ["capture", "--libvirt", hosts["h1"].uri, "--all-running", "--libvirt", hosts["h2"].uri]
         proc = vmstate(*args, "--domain", "lv-b,lv-c", "-o", str(full), "--json")
@@ -363,8 +352,6 @@ def test_output_full(hosts, out_dir: Path) -> None:
             assert not v["ok"] and v["resumed"] and f"({full} is full: " in v["error"], v
         assert list(full.iterdir()) == []
         assert_all_running(hosts, before)
-    finally:
-        subprocess.run(["umount", str(full)], check=False)
 
 
 @pytest.mark.unit
@@ -545,17 +532,13 @@ def test_remote_host_over_tcp(hosts) -> None:
         assert_all_running({"h2": hosts["h2"]}, before)
         # a full disk on "that host": this process cannot remove QEMU's partial file, so it says so
         full = out / "tiny"
-        full.mkdir()
-        _tiny_tmpfs(full, "256k", mode="0777")
-        try:
+        with tmpfs(full, "256k", mode="0777"):
             proc = vmstate("capture", "--libvirt", daemon.tcp_uri, "--domain", "lv-new", "-o", str(full))
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 1 and len(lines) == 1, proc.stderr
             assert lines[0].startswith(f"vmstate: {daemon.tcp_uri}: lv-new: migration failed: "), lines
             assert "may be left on the VM's host" in lines[0], lines
             assert conn.lookupByName("lv-new").state()[0] == libvirt.VIR_DOMAIN_RUNNING
-        finally:
-            subprocess.run(["umount", str(full)], check=False)
         conn.close()
     finally:
         daemon.cleanup()

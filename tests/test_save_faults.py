@@ -10,7 +10,9 @@ read-only directory is a tmpfs remounted ``ro``; mounts need CAP_SYS_ADMIN and s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mounts import tmpfs as mounted_tmpfs
 
 from vmstate_gdb.snapshot import Snapshot
 
@@ -83,24 +86,13 @@ def assert_one_line_error(run: subprocess.CompletedProcess, names: str, *words: 
 @pytest.fixture
 def tmpfs(tmp_path):
     """Factory: ``tmpfs(size)`` -> a fresh tmpfs mount of ``size`` bytes, unmounted at teardown."""
-    mounts: list[Path] = []
+    with contextlib.ExitStack() as mounts:
+        count = itertools.count()
 
-    def mount(size: int) -> Path:
-        target = tmp_path / f"mnt{len(mounts)}"
-        target.mkdir()
-        run = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
-            capture_output=True,
-            text=True,
-        )
-        if run.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
-        mounts.append(target)
-        return target
+        def mount(size: int) -> Path:
+            return mounts.enter_context(mounted_tmpfs(tmp_path / f"mnt{next(count)}", size))
 
-    yield mount
-    for target in reversed(mounts):
-        subprocess.run(["umount", "-l", str(target)], check=False)
+        yield mount
 
 
 SAVES = [("small-pc-e1000", "out.vmstate"), ("small-q35-e1000-savevm", "out.qcow2")]

@@ -152,26 +152,18 @@ def export_tree(snap: Snapshot) -> dict:
 def export_explained(snap: Snapshot) -> list[dict]:
     """The registers by name, next to the raw fields: editable where ``settable``; import sets
     those whose value was changed in the file (see explain/edit.py)."""
-    from ..devices.explain import explain_all
+    from ..devices.explain import explain_all, value_text
 
     views = []
     for x in explain_all(snap.devices, snap.physical.read):
         regs = []
         for v in x.values:
-            reg = {"name": v.name, "value": _explained_value(v.value), "source": v.source, "meaning": v.text}
+            reg = {"name": v.name, "value": value_text(v.value), "source": v.source, "meaning": v.text}
             if not v.settable or isinstance(v.value, list):
                 reg["settable"] = False
             regs.append(reg)
         views.append({"device": x.device, "kind": x.kind, "registers": regs})
     return views
-
-
-def _explained_value(value) -> str:
-    if isinstance(value, int):
-        return f"{value:#x}"
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    return str(value)
 
 
 def _export_node(node: Node, read, index: int | None = None) -> dict:
@@ -524,7 +516,7 @@ def import_devices(snap: Snapshot, path: str) -> ImportResult:
 def _changed_registers(snap: Snapshot, tree: dict) -> list[tuple[str, str]]:
     """(DEVICE.REGISTER, new value) for each register whose value in the file's ``explained``
     part differs from the snapshot's; unknown ones are refused before anything changes."""
-    from ..devices.explain import explain_all
+    from ..devices.explain import explain_all, value_text
 
     if not tree.get("explained"):
         return []
@@ -537,7 +529,7 @@ def _changed_registers(snap: Snapshot, tree: dict) -> list[tuple[str, str]]:
             if v is None:
                 raise EditError(f"explained: {key[0]} has no register {key[1]!r} in this snapshot")
             text = str(reg.get("value") if reg.get("value") is not None else "")
-            if text.strip() != _explained_value(v.value):
+            if text.strip() != value_text(v.value):
                 if not v.settable or isinstance(v.value, list):
                     raise EditError(
                         f"explained: {key[0]}.{key[1]} is shown from {v.source}; it cannot be set"

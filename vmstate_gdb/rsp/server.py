@@ -352,21 +352,7 @@ class SnapshotServer:
 
     def read_memory(self, address: int, length: int) -> bytes:
         """What gdb gets: the bytes, or as many as are readable from the start (maybe none)."""
-        space = self.space()
-        try:
-            return space.read(address, length)
-        except AddressError:
-            pass
-        out = bytearray()
-        while length > 0:  # page by page up to the first hole
-            n = min(length, 0x1000 - (address & 0xFFF))
-            try:
-                out += space.read(address, n)
-            except AddressError:
-                break
-            address = (address + n) & 0xFFFFFFFFFFFFFFFF
-            length -= n
-        return bytes(out)
+        return readable_prefix(self.space(), address, length)
 
     def _write(self, address: int, data: bytes) -> bytes:
         try:
@@ -476,3 +462,21 @@ def serve_socket(
 
 def _stderr_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def readable_prefix(space: PhysicalMemory | VirtualMemory, address: int, length: int) -> bytes:
+    """The bytes at ``address``, or as many as are readable from the start (maybe none)."""
+    try:
+        return space.read(address, length)
+    except AddressError:
+        pass
+    out = bytearray()
+    while length > 0:  # page by page up to the first hole
+        n = min(length, 0x1000 - (address & 0xFFF))
+        try:
+            out += space.read(address, n)
+        except AddressError:
+            break
+        address = (address + n) & 0xFFFFFFFFFFFFFFFF
+        length -= n
+    return bytes(out)

@@ -236,9 +236,9 @@ def dump(
     """Guest memory [start, end) into the file ``out``, written by the server at the disk's speed:
     gdb's own `dump binary memory` reads through m packets of hex, which gdb 13 parses a character
     at a time. The address space is the one gdb reads (the thread's, or physical)."""
-    from ..errors import AddressError
     from ..writer import check_output_path
     from ..writer.emit import AtomicOutput
+    from .server import readable_prefix
 
     if not 0 <= start <= end < 1 << 64:
         raise EditError(f"bad range {start:#x}..{end:#x}: END must not be below START")
@@ -248,11 +248,9 @@ def dump(
     with AtomicOutput(out) as f:
         while done < total:
             n = min(step, total - done)
-            try:
-                data = space.read(start + done, n)
-            except AddressError:
-                bad = _first_unreadable(space, start + done, n)
-                raise EditError(f"cannot read memory at {bad:#x}; {out} not written") from None
+            data = readable_prefix(space, start + done, n)
+            if len(data) != n:
+                raise EditError(f"cannot read memory at {start + done + len(data):#x}; {out} not written")
             f.write(data)
             done += n
             if progress is not None:
@@ -262,20 +260,6 @@ def dump(
 
 
 dump.reports_progress = True  # type: ignore[attr-defined]
-
-
-def _first_unreadable(space, address: int, length: int) -> int:
-    from ..errors import AddressError
-
-    end = address + length
-    while address < end:
-        n = min(end - address, 0x1000 - (address & 0xFFF))
-        try:
-            space.read(address, n)
-        except AddressError:
-            return address
-        address += n
-    return address
 
 
 def phys(server: SnapshotServer, on: bool | None = None) -> dict:

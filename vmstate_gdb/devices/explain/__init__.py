@@ -59,6 +59,25 @@ class Explained:
         return {"device": self.device, "kind": self.kind, "registers": [v.as_dict() for v in self.values]}
 
 
+def value_text(value: int | str | list[int]) -> str:
+    """A register's value as files and messages write it: integers in hex, vector lists spaced."""
+    if isinstance(value, int):
+        return f"{value:#x}"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def flags(raw: int, names: dict[int, str]) -> str:
+    """The names of the bits set in ``raw`` ({bit: name}), or "none"."""
+    return " ".join(n for b, n in names.items() if raw >> b & 1) or "none"
+
+
+def bits(names: dict[int, str]) -> dict[str, tuple[int, int]]:
+    """One-bit parts settable by name, from the same {bit: name} table ("SAM(only)" -> "SAM")."""
+    return {n.split("(")[0]: (b, 1) for b, n in names.items()}
+
+
 Explainer = Callable[[Device, Callable[[str], object]], Explained | None]
 _EXPLAINERS: dict[str, Explainer] = {}
 _GENERIC: list[Explainer] = []  # tried on every device (PCI config space)

@@ -5,7 +5,7 @@ prints them at probe ("AHCI 0001.0000 32 slots 6 ports 1.5 Gbps 0x3f impl", "SSt
 
 from __future__ import annotations
 
-from . import Explained, register
+from . import Explained, bits, flags, register
 
 # each with the word Linux's ahci_print_info uses for it ("flags: 64bit ncq only")
 CAP = {31: "S64A(64bit)", 30: "SNCQ(ncq)", 29: "SSNTF(sntf)", 28: "SMPS(ilck)", 27: "SSS(stag)",
@@ -30,18 +30,10 @@ _SIGNATURES = {
 }
 
 
-def _flags(raw: int, names: dict[int, str]) -> str:
-    return " ".join(n for b, n in names.items() if raw >> b & 1) or "none"
-
-
-def _bits(names: dict[int, str]) -> dict[str, tuple[int, int]]:
-    return {n.split("(")[0]: (b, 1) for b, n in names.items()}
-
-
 def cap_text(cap: int) -> str:
     """As Linux prints it: slots, ports, speed, then the flags."""
     slots, ports = (cap >> 8 & 0x1F) + 1, (cap & 0x1F) + 1
-    return f"{slots} slots {ports} ports {_SPEED.get(cap >> 20 & 0xF, 'reserved')}; {_flags(cap, CAP)}"
+    return f"{slots} slots {ports} ports {_SPEED.get(cap >> 20 & 0xF, 'reserved')}; {flags(cap, CAP)}"
 
 
 def sstatus_text(raw: int) -> str:
@@ -54,7 +46,7 @@ def explain_ahci(device, value) -> Explained:
     r = "ahci/control_regs."
     cap, ghc, vs = value(r + "cap"), value(r + "ghc"), value(r + "version")
     x.add("CAP", cap, cap_text(cap), r + "cap")
-    x.add("GHC", ghc, _flags(ghc, GHC), r + "ghc", bits=_bits(GHC))
+    x.add("GHC", ghc, flags(ghc, GHC), r + "ghc", bits=bits(GHC))
     irqs = value(r + "irqstatus")
     pending = " ".join(str(i) for i in range(32) if irqs >> i & 1) or "none"
     x.add("IS", irqs, "ports interrupting: " + pending, r + "irqstatus")
@@ -70,11 +62,11 @@ def explain_ahci(device, value) -> Explained:
         x.add(f"P{i}CLB", clb, f"port {i} command list at {clb:#x}", p + "lst_addr", settable=False)
         x.add(f"P{i}FB", fb, f"port {i} received FIS area at {fb:#x}", p + "fis_addr", settable=False)
         cmd = value(p + "cmd")
-        x.add(f"P{i}CMD", cmd, _flags(cmd, PORT_CMD), p + "cmd", bits=_bits(PORT_CMD))
-        x.add(f"P{i}IS", value(p + "irq_stat"), "pending: " + _flags(value(p + "irq_stat"), PORT_IS),
+        x.add(f"P{i}CMD", cmd, flags(cmd, PORT_CMD), p + "cmd", bits=bits(PORT_CMD))
+        x.add(f"P{i}IS", value(p + "irq_stat"), "pending: " + flags(value(p + "irq_stat"), PORT_IS),
               p + "irq_stat")  # fmt: skip
-        x.add(f"P{i}IE", value(p + "irq_mask"), "enabled: " + _flags(value(p + "irq_mask"), PORT_IS),
-              p + "irq_mask", bits=_bits(PORT_IS))  # fmt: skip
+        x.add(f"P{i}IE", value(p + "irq_mask"), "enabled: " + flags(value(p + "irq_mask"), PORT_IS),
+              p + "irq_mask", bits=bits(PORT_IS))  # fmt: skip
         tfd = value(p + "tfdata")
         x.add(f"P{i}TFD", tfd, f"status {tfd & 0xFF:#04x} error {tfd >> 8 & 0xFF:#04x}", p + "tfdata")
         sig = value(p + "sig")

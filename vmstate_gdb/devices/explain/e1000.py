@@ -5,7 +5,7 @@ descriptor rings' state (ch. 3): where each ring lives and how many descriptors 
 
 from __future__ import annotations
 
-from . import Explained, register
+from . import Explained, bits, flags, register
 
 CTRL = {0: "FD", 3: "LRST", 5: "ASDE", 6: "SLU", 7: "ILOS", 11: "FRCSPD", 12: "FRCDPLX", 26: "RST",
         27: "RFCE", 28: "TFCE", 30: "VME", 31: "PHY_RST"}  # fmt: skip
@@ -17,14 +17,6 @@ TCTL = {1: "EN", 3: "PSP", 22: "SWXOFF", 24: "RTLC"}
 INTERRUPTS = {0: "TXDW", 1: "TXQE", 2: "LSC", 3: "RXSEQ", 4: "RXDMT0", 6: "RXO", 7: "RXT0", 9: "MDAC",
               15: "TXD_LOW", 16: "SRPD"}  # fmt: skip
 DESCRIPTOR = 16  # bytes, legacy and extended descriptors alike
-
-
-def bits(names: dict[int, str]) -> dict[str, tuple[int, int]]:
-    return {n: (b, 1) for b, n in names.items()}
-
-
-def flags(raw: int, names: dict[int, str]) -> str:
-    return " ".join(n for b, n in names.items() if raw >> b & 1) or "none"
 
 
 def rx_buffer_size(rctl: int) -> int:

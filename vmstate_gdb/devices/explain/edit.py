@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ...errors import EditError
 from ..tree import Device, DeviceTree
-from . import Explained, Memory, Value, explain
+from . import Explained, Memory, Value, explain, value_text
 
 _BYTE_OF_BUFFER = re.compile(r"^(?P<field>.+)\[(?P<index>0x[0-9a-fA-F]+|\d+)\]$")
 _BYTES_OF_BUFFER = re.compile(r"^(?P<field>.+)\+(?P<offset>0x[0-9a-fA-F]+|\d+)$")  # PCI config space
@@ -84,55 +84,47 @@ def plan(tree: DeviceTree, target: Target, text: str) -> list[tuple[str, int | b
     if v.setter is not None and target.part is None:
         return [(f"{device.key}/{rel}", new) for rel, new in v.setter(device, value, text)]
     number = _number(text, target.name)
-    m = _BYTES_OF_BUFFER.match(v.source)
-    if m and v.width:  # a little-endian register inside a buffer field: PCI config space
-        path, offset = m["field"], int(m["offset"], 0)
-        raw = bytearray(value(path))
-        current = int.from_bytes(raw[offset : offset + v.width], "little")
-        if target.part is not None:
-            low, width = v.bits[target.part]
-            if not 0 <= number < 1 << width:
-                raise EditError(f"{target.name}: {text} does not fit {width} bit(s)")
-            number = current & ~((1 << width) - 1 << low) | number << low
-        if not 0 <= number < 1 << 8 * v.width:
-            raise EditError(f"{target.name}: {text} does not fit {8 * v.width} bits")
-        raw[offset : offset + v.width] = number.to_bytes(v.width, "little")
-        return [(f"{device.key}/{path}", bytes(raw))]
-    path, byte = _source(tree, device, v.source, target.name)
-    current = value(path) if byte is None else value(path)[byte]
+    path, offset, width = _location(tree, device, v, target.name)
+    raw = None if offset is None else bytearray(value(path))
+    current = value(path) if raw is None else int.from_bytes(raw[offset : offset + width], "little")
     if not isinstance(current, int):
         raise EditError(f"{target.name} comes from {v.source}, which is not an integer field")
     if target.part is None and v.limit is not None and number > v.limit:
         raise EditError(f"{target.name}: {text} is beyond what it can hold here (at most {v.limit:#x})")
     if target.part is not None:
-        low, width = v.bits[target.part]
-        if not 0 <= number < 1 << width:
-            raise EditError(f"{target.name}: {text} does not fit {width} bit(s)")
-        number = current & ~((1 << width) - 1 << low) | number << low
-    if byte is not None:
-        raw = bytearray(value(path))
-        if not 0 <= number < 256:
-            raise EditError(f"{target.name}: {text} does not fit a byte")
-        raw[byte] = number
-        return [(f"{device.key}/{path}", bytes(raw))]
-    return [(f"{device.key}/{path}", number)]
+        low, bits = v.bits[target.part]
+        if not 0 <= number < 1 << bits:
+            raise EditError(f"{target.name}: {text} does not fit {bits} bit(s)")
+        number = current & ~((1 << bits) - 1 << low) | number << low
+    if raw is None:
+        return [(f"{device.key}/{path}", number)]  # the field's own encoder checks the range
+    if not 0 <= number < 1 << 8 * width:
+        raise EditError(f"{target.name}: {text} does not fit {8 * width} bits")
+    raw[offset : offset + width] = number.to_bytes(width, "little")
+    return [(f"{device.key}/{path}", bytes(raw))]
 
 
-def _source(tree: DeviceTree, device: Device, source: str, name: str) -> tuple[str, int | None]:
-    """The raw field a register lives in: a field path, or one byte of a buffer field."""
-    try:
-        tree.resolve(f"{device.key}/{source}")
-        return source, None
-    except EditError:
-        pass
-    m = _BYTE_OF_BUFFER.match(source)
-    if m:
+def _location(tree: DeviceTree, device: Device, v: Value, name: str) -> tuple[str, int | None, int]:
+    """Where a register lives: (field path, None, 0) for an integer field, or (buffer field path,
+    byte offset, width) for bytes inside a buffer: "cmos_data[0x0b]" is one byte, PCI config
+    space's "config[0]+0x4" is ``v.width`` bytes, little-endian."""
+
+    def exists(path: str) -> bool:
         try:
-            tree.resolve(f"{device.key}/{m['field']}")
-            return m["field"], int(m["index"], 0)
+            tree.resolve(f"{device.key}/{path}")
         except EditError:
-            pass
-    raise EditError(f"{name} is shown from {source}, which cannot be set by name; set the raw field")
+            return False
+        return True
+
+    if exists(v.source):
+        return v.source, None, 0
+    m = _BYTE_OF_BUFFER.match(v.source)
+    if m and exists(m["field"]):
+        return m["field"], int(m["index"], 0), 1
+    m = _BYTES_OF_BUFFER.match(v.source)
+    if m and v.width and exists(m["field"]):
+        return m["field"], int(m["offset"], 0), v.width
+    raise EditError(f"{name} is shown from {v.source}, which cannot be set by name; set the raw field")
 
 
 def _number(text: str, name: str) -> int:
@@ -158,10 +150,6 @@ def set_by_name(snap, name: str, text: str) -> list[str] | None:
     for path, new in writes:
         snap.set_field(path, new)
     after = _register(tree, target.device, target.name[len(target.device.key) + 1 :], memory).value
-    shown = _shown(before), _shown(after)
+    shown = value_text(before.value), value_text(after.value)
     fields = ", ".join(p.split("/", 1)[1] if "/" in p else p for p, _ in writes)
     return [f"{target.name}: {shown[0]} -> {shown[1]} ({after.text}) [{fields}]"]
-
-
-def _shown(v: Value) -> str:
-    return f"{v.value:#x}" if isinstance(v.value, int) else str(v.value)

@@ -11,7 +11,7 @@ import re
 import struct
 
 from ..fields import Leaf
-from . import Explained, register_generic
+from . import Explained, bits, flags, register_generic
 
 _BDF = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])/")
 CAPABILITIES = {0x01: "PM", 0x05: "MSI", 0x09: "vendor", 0x10: "PCIe", 0x11: "MSI-X", 0x12: "SATA"}
@@ -91,8 +91,8 @@ def explain_pci(device, value) -> Explained | None:
     x.add("device", dev, f"{vendor:04x}:{dev:04x}", f"{src}+0x2", **FIXED)
     command, status = struct.unpack_from("<HH", cfg, 4)
     x.add("pci.command", command, " ".join(n for b, n in _COMMAND.items() if command >> b & 1) or "disabled",
-          f"{src}+0x4", width=2, bits={n: (b, 1) for b, n in _COMMAND.items()})  # fmt: skip
-    x.add("pci.status", status, " ".join(n for b, n in _STATUS.items() if status >> b & 1) or "none",
+          f"{src}+0x4", width=2, bits=bits(_COMMAND))  # fmt: skip
+    x.add("pci.status", status, flags(status, _STATUS),
           f"{src}+0x6", settable=False, hint="its error bits are write-one-to-clear; " + RAW)  # fmt: skip
     x.add("class", cfg[0x0B] << 16 | cfg[0x0A] << 8 | cfg[0x09], f"class {cfg[0x0B]:02x}{cfg[0x0A]:02x}"
           f" prog-if {cfg[0x09]:02x} rev {cfg[0x08]:02x}", f"{src}+0x9", **FIXED)  # fmt: skip

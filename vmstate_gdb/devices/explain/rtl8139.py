@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import struct
 
-from . import Explained, register
+from ...errors import VmstateError
+from . import Explained, bits, flags, register
 
 CHIP_CMD = {0: "BUFE", 2: "TE", 3: "RE", 4: "RST"}
 # bit 4 is RxOverflow (RxBufOvw) in classic mode and RDU (no free RX descriptor) in C+ mode; bit 7
@@ -21,34 +22,26 @@ CP_DESC = 16  # C+ descriptor: opts1 (OWN bit 31, EOR bit 30, length), opts2, bu
 CP_RING_MAX = 1024  # QEMU follows a ring to its EOR descriptor; 8139cp's rings have 64
 
 
-def _flags(raw: int, names: dict[int, str]) -> str:
-    return " ".join(n for b, n in names.items() if raw >> b & 1) or "none"
-
-
-def _bits(names: dict[int, str]) -> dict[str, tuple[int, int]]:
-    return {n: (b, 1) for b, n in names.items()}
-
-
 def explain_rtl8139(device, value) -> Explained:
     x = Explained(device.key, "RTL8139 registers")
     mac = value("phys")
     copies = "its copies (phys, conf.macaddr, EEPROM) change together with --mac or vmstate-mac"
     x.add("IDR", mac.hex(":"), "station address", "phys", settable=False, hint=copies)
     cmd = value("bChipCmdState")
-    x.add("ChipCmd", cmd, _flags(cmd, CHIP_CMD), "bChipCmdState", bits=_bits(CHIP_CMD))
+    x.add("ChipCmd", cmd, flags(cmd, CHIP_CMD), "bChipCmdState", bits=bits(CHIP_CMD))
     imr, isr = value("IntrMask"), value("IntrStatus")
-    x.add("IMR", imr, "enabled: " + _flags(imr, INTR), "IntrMask", bits=_bits(INTR))
-    x.add("ISR", isr, "pending: " + _flags(isr, INTR), "IntrStatus")
+    x.add("IMR", imr, "enabled: " + flags(imr, INTR), "IntrMask", bits=bits(INTR))
+    x.add("ISR", isr, "pending: " + flags(isr, INTR), "IntrStatus")
     rcr = value("RxConfig")
     rx_len = 8192 << (rcr >> 11 & 3)
-    x.add("RCR", rcr, f"accept: {_flags(rcr, RX_CONFIG)}; ring {rx_len // 1024} KiB", "RxConfig",
-          bits=_bits(RX_CONFIG))  # fmt: skip
+    x.add("RCR", rcr, f"accept: {flags(rcr, RX_CONFIG)}; ring {rx_len // 1024} KiB", "RxConfig",
+          bits=bits(RX_CONFIG))  # fmt: skip
     x.add("TCR", value("TxConfig"), f"max DMA burst {16 << (value('TxConfig') >> 8 & 7)} bytes", "TxConfig")
     bmsr = value("BasicModeStatus")
     x.add("BMSR", bmsr, "link up" if bmsr & BMSR_LINK else "link down", "BasicModeStatus")
     x.add("BMCR", value("BasicModeCtrl"), "PHY control", "BasicModeCtrl")
     cp = value("CpCmd")
-    x.add("CpCmd", cp, _flags(cp, CP_CMD), "CpCmd", bits=_bits(CP_CMD))
+    x.add("CpCmd", cp, flags(cp, CP_CMD), "CpCmd", bits=bits(CP_CMD))
     if cp & 3:  # C+ mode: descriptor rings
         tx_base = value("TxAddr[1]") << 32 | value("TxAddr[0]")
         rx_base = value("RxRingAddrHI") << 32 | value("RxRingAddrLO")
@@ -68,7 +61,7 @@ def explain_rtl8139(device, value) -> Explained:
         x.add("CBR", value("RxBufAddr"), "NIC's write pointer", "RxBufAddr")
         for i in range(4):
             tsd = value(f"TxStatus[{i}]")
-            x.add(f"TSD{i}", tsd, f"{_flags(tsd, TSD)}, {tsd & 0x1FFF} bytes from {value(f'TxAddr[{i}]'):#x}",
+            x.add(f"TSD{i}", tsd, f"{flags(tsd, TSD)}, {tsd & 0x1FFF} bytes from {value(f'TxAddr[{i}]'):#x}",
                   f"TxStatus[{i}]")  # fmt: skip
     x.add("RxMissed", value("RxMissed"), "missed packets counter", "RxMissed")
     return x
@@ -85,7 +78,7 @@ def _cp_ring(memory, base: int) -> list[int] | None:
             out.append(opts1)
             if opts1 >> 30 & 1:
                 return out
-    except Exception:  # noqa: BLE001  (outside RAM)
+    except VmstateError:  # outside RAM
         return None
     return None
 

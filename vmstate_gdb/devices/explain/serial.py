@@ -3,7 +3,8 @@ the FIFOs' contents. QEMU's clock gives 115200 baud at divisor 1 (baudbase)."""
 
 from __future__ import annotations
 
-from . import Explained, register
+from ...errors import VmstateError
+from . import Explained, bits, flags, register
 
 BAUDBASE = 115200
 IER = {0: "ERBFI(rx data)", 1: "ETBEI(tx empty)", 2: "ELSI(line status)", 3: "EDSSI(modem status)"}
@@ -14,14 +15,6 @@ MSR = {0: "DCTS", 1: "DDSR", 2: "TERI", 3: "DDCD", 4: "CTS", 5: "DSR", 6: "RI", 
 _PARITY = {0: "none", 1: "odd", 3: "even", 5: "mark", 7: "space"}
 _TRIGGER = (1, 4, 8, 14)
 LCR_BITS = {"wordlen": (0, 2), "stop": (2, 1), "parity": (3, 3), "break": (6, 1), "dlab": (7, 1)}
-
-
-def _flags(raw: int, names: dict[int, str]) -> str:
-    return " ".join(n for b, n in names.items() if raw >> b & 1) or "none"
-
-
-def _bits(names: dict[int, str]) -> dict[str, tuple[int, int]]:
-    return {n.split("(")[0]: (b, 1) for b, n in names.items()}
 
 
 def line_settings(divider: int, lcr: int) -> str:
@@ -40,7 +33,7 @@ def explain_serial(device, value) -> Explained:
           f"{_PARITY.get(lcr >> 3 & 7, 'none') if lcr & 8 else 'none'}{', break' if lcr & 0x40 else ''}"
           f"{', DLAB' if lcr & 0x80 else ''}", "state/lcr", bits=LCR_BITS)  # fmt: skip
     ier = value("state/ier")
-    x.add("IER", ier, "enabled: " + _flags(ier, IER), "state/ier", bits=_bits(IER))
+    x.add("IER", ier, "enabled: " + flags(ier, IER), "state/ier", bits=bits(IER))
     iir = value("state/iir")
     pending = "none pending" if iir & 1 else f"pending: {_IIR_ID.get(iir & 0xE, 'reserved')}"
     x.add("IIR", iir, pending + (", FIFOs on" if iir & 0xC0 == 0xC0 else ""), "state/iir")
@@ -48,9 +41,9 @@ def explain_serial(device, value) -> Explained:
     x.add("FCR", fcr, (f"FIFOs on, rx trigger {_TRIGGER[fcr >> 6]} bytes" if fcr & 1 else "FIFOs off"),
           "state/fcr_vmstate")  # fmt: skip
     mcr = value("state/mcr")
-    x.add("MCR", mcr, _flags(mcr, MCR), "state/mcr", bits=_bits(MCR))
-    x.add("LSR", value("state/lsr"), _flags(value("state/lsr"), LSR), "state/lsr")
-    x.add("MSR", value("state/msr"), _flags(value("state/msr"), MSR), "state/msr")
+    x.add("MCR", mcr, flags(mcr, MCR), "state/mcr", bits=bits(MCR))
+    x.add("LSR", value("state/lsr"), flags(value("state/lsr"), LSR), "state/lsr")
+    x.add("MSR", value("state/msr"), flags(value("state/msr"), MSR), "state/msr")
     x.add("SCR", value("state/scr"), "scratch", "state/scr", bits={})
     for fifo in ("recv_fifo", "xmit_fifo"):
         text = _fifo_text(value, fifo)
@@ -65,7 +58,7 @@ def _fifo_text(value, name: str) -> str | None:
     try:
         data = value(f"state/{name}/{name}/data")
         head, num = value(f"state/{name}/{name}/head"), value(f"state/{name}/{name}/num")
-    except Exception:  # noqa: BLE001  (the subsection is absent: the FIFO is empty)
+    except VmstateError:  # the subsection is absent: the FIFO is empty
         return None
     if not isinstance(data, bytes) or not data:
         return None

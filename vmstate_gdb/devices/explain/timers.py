@@ -13,7 +13,7 @@ import calendar
 import datetime as dt
 
 from ...errors import EditError
-from . import Explained, register
+from . import Explained, bits, flags, register
 
 PIT_HZ = 1193182  # the 8254's input clock
 _PIT_MODES = {0: "interrupt on terminal count", 1: "hardware one-shot", 2: "rate generator",
@@ -51,15 +51,11 @@ HPET_TIMER_BITS = {"level": (1, 1), "enabled": (2, 1), "periodic": (3, 1), "32bi
                    "route": (9, 5), "fsb": (14, 1)}  # fmt: skip
 
 
-def _flags(raw: int, names: dict[int, str]) -> str:
-    return " ".join(n for b, n in names.items() if raw >> b & 1) or "none"
-
-
 def explain_hpet(device, value) -> Explained:
     x = Explained(device.key, "HPET")
     config = value("config")
     running = bool(config & 1)
-    x.add("config", config, _flags(config, HPET_CONFIG) + (" (counting)" if running else " (halted)"),
+    x.add("config", config, flags(config, HPET_CONFIG) + (" (counting)" if running else " (halted)"),
           "config", bits={"enable": (0, 1), "legacy": (1, 1)})  # fmt: skip
     x.add("isr", value("isr"), "level interrupts pending: " + (
         " ".join(f"T{i}" for i in range(32) if value("isr") >> i & 1) or "none"), "isr")  # fmt: skip
@@ -77,7 +73,7 @@ def explain_hpet(device, value) -> Explained:
         else:
             routing = f"IOAPIC pin {route} (allowed: {_pins(cfg >> 32)})"
         enabled = "interrupt enabled" if cfg >> 2 & 1 else "interrupt disabled (INT_ENB_CNF=0)"
-        text = f"{_flags(cfg & 0xFFFFFFFF, HPET_TIMER)}; {enabled}; {routing}"
+        text = f"{flags(cfg & 0xFFFFFFFF, HPET_TIMER)}; {enabled}; {routing}"
         x.add(f"T{i}.config", cfg, text, f"{t}/config", bits=HPET_TIMER_BITS)
         delta = (cmp - counter) % (1 << (64 if wide else 32))
         if not running:
@@ -189,9 +185,9 @@ def explain_rtc(device, value) -> Explained:
     freq = 0 if rate == 0 else 32768 >> (rate - 1) if rate > 2 else 256 if rate == 1 else 128
     x.add("REG_A", a, f"{'UIP ' if a & 0x80 else ''}divider {a >> 4 & 7}, periodic rate {rate} "
           f"({freq} Hz)", "cmos_data[0x0a]")  # fmt: skip
-    x.add("REG_B", b, _flags(b, REG_B_FLAGS), "cmos_data[0x0b]",
-          bits={n.split("(")[0]: (i, 1) for i, n in REG_B_FLAGS.items()})  # fmt: skip
-    x.add("REG_C", c, "pending: " + _flags(c, REG_C_FLAGS), "cmos_data[0x0c]")
+    x.add("REG_B", b, flags(b, REG_B_FLAGS), "cmos_data[0x0b]",
+          bits=bits(REG_B_FLAGS))  # fmt: skip
+    x.add("REG_C", c, "pending: " + flags(c, REG_C_FLAGS), "cmos_data[0x0c]")
     x.add("REG_D", d, "battery good (VRT)" if d & 0x80 else "battery dead", "cmos_data[0x0d]")
     x.add("period", value("period"), "periodic interrupt period (32 kHz ticks)", "period")
     return x

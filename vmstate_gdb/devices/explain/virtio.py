@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from ...errors import EditError
+from ...errors import EditError, VmstateError
 from . import Explained, register
 
 STATUS = {0: "ACKNOWLEDGE", 1: "DRIVER", 2: "DRIVER_OK", 3: "FEATURES_OK", 6: "DEVICE_NEEDS_RESET",
@@ -165,7 +165,7 @@ class Ring:
             return None
         try:
             return self.memory(address, size)
-        except Exception:  # noqa: BLE001  (an address outside RAM: the ring shows unreadable)
+        except VmstateError:  # an address outside RAM: the ring shows unreadable
             return None
 
     def _u16(self, address: int) -> int | None:

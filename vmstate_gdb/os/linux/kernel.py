@@ -213,24 +213,21 @@ class LinuxKernel:
         current = self.running().get(vcpu)
         if current is None or self.abi.in_user_mode(self.snap.cpu(vcpu)):
             return current
-        for task in (current, *for_each_task(self.prog)):
-            if self.vcpu_on_stack(task) == vcpu:
-                return task
-        return current
+        return next((t for t in (current, *for_each_task(self.prog)) if self._on_stack(t, vcpu)), current)
 
     def vcpu_on_stack(self, task: Object) -> int | None:
         """The vCPU running kernel code on ``task``'s kernel stack, if one is: during a context
         switch that can differ from the scheduler's current task of that CPU."""
+        return next((v for v in self.vcpu_of_cpu().values() if self._on_stack(task, v)), None)
+
+    def _on_stack(self, task: Object, vcpu: int) -> bool:
+        cpu = self.snap.cpu(vcpu)
         try:
             base = task.stack.value_()
         except AttributeError:
-            return None
-        for vcpu in self.vcpu_of_cpu().values():
-            cpu = self.snap.cpu(vcpu)
-            sp = self.abi.stack_pointer(cpu)
-            if not self.abi.in_user_mode(cpu) and base <= sp < base + self.abi.thread_size:
-                return vcpu
-        return None
+            return False
+        sp = self.abi.stack_pointer(cpu)
+        return not self.abi.in_user_mode(cpu) and base <= sp < base + self.abi.thread_size
 
     def kernel_space(self) -> VirtualMemory:
         """Kernel virtual addresses, through init_mm's page tables (those of every task's kernel
