@@ -128,6 +128,13 @@ def _who(result: VmResult) -> str:
     return f"{result.name} ({result.host})" if result.host else result.name
 
 
+def _hold_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get(HOLD_ENV) or 0))
+    except ValueError:
+        return 0.0
+
+
 def _ms(seconds: float | None) -> str:
     return "?" if seconds is None else f"{seconds * 1000:.2f} ms"
 
@@ -372,8 +379,9 @@ async def capture_vms(
 
     writing = [(m, r) for m, r in items if r.error is None]
     try:
-        if os.environ.get(HOLD_ENV):
-            await asyncio.sleep(float(os.environ[HOLD_ENV]))
+        hold = _hold_seconds()
+        if hold:
+            await asyncio.sleep(hold)
         outcomes = await asyncio.gather(*(write(m, r) for m, r in writing), return_exceptions=True)
     except BaseException:  # interrupted: no VM stays stopped because of us
         stopped = [m for m, r in zip(monitors, report.results, strict=True) if r.stop_sent]
