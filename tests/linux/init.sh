@@ -31,6 +31,9 @@ for d in /sys/class/net/*; do
     i=${d##*/}
     ip link set "$i" up
     [ "$i" = lo ] && continue
+    # one frame out of every NIC now (a gratuitous ARP): each transmit ring has moved by the stop,
+    # whatever the kernel's own IPv6 timers have sent yet
+    arping -q -U -c 1 -I "$i" 169.254.7.1 2>/dev/null
     drv=$(readlink "$d/device/driver")
     echo "NIC $i $(cat "$d/address") ${drv##*/}"
 done
