@@ -202,3 +202,24 @@ def test_eviction_removes_least_recently_used(tmp_path):
         os.utime(p, (1000 + i, 1000 + i))
     index_cache._evict(tmp_path, 2500)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.idx", "new.idx"]
+
+
+def test_runs_of_zero_pages_take_no_disk_in_the_entry(stream):
+    """The entry holds 8 bytes for a page only in the 4 KiB stretches of its array that have a
+    page with data (or one no record named): the rest are holes. Its arrays read back exactly."""
+    with Snapshot.open(stream, cache=False) as fresh:
+        arrays = {name: bytes(b.pages) for name, b in fresh.index.ram.blocks.items()}
+        pages = sum(b.page_count for b in fresh.index.ram.blocks.values())
+    Snapshot.open(stream).close()
+    (entry,) = index_cache.cache_dir().glob("*.idx")
+    st = entry.stat()
+    written = sum(
+        4096 for raw in arrays.values() for at in range(0, len(raw), 4096) if raw[at : at + 4096].strip(b"\0")
+    )
+    tail = st.st_size - sum(-(-len(raw) // 4096) * 4096 for raw in arrays.values())
+    assert 0 < tail < 1 << 20  # sections, device descriptions, key, footer
+    disk = st.st_blocks * 512
+    assert written <= disk <= written + -(-tail // 4096) * 4096 + (64 << 10), (disk, written, tail)
+    assert disk < 8 * pages * 0.8, "a good part of this guest's RAM is zero pages in long runs"
+    with Snapshot.open(stream) as again:
+        assert {name: bytes(b.pages) for name, b in again.index.ram.blocks.items()} == arrays

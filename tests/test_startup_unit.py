@@ -46,3 +46,27 @@ def test_help_loads_no_heavy_module():
 def test_resume_cmd_of_missing_file_loads_no_heavy_module(tmp_path):
     code = f"import vmstate_gdb.cli as c\nc.main(['resume-cmd', {str(tmp_path / 'none')!r}])"
     assert _loaded_after(code) == []
+
+
+def test_the_command_table_names_what_each_module_registers():
+    """cli.COMMAND_MODULES lets a call import only its command's module: it must say exactly what
+    each module registers, or a command would be missing when typed."""
+    import argparse
+    import importlib
+
+    from vmstate_gdb import cli
+
+    for module, commands in cli.COMMAND_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert tuple(sub.choices) == commands, module
+    full = set(cli.build_parser()._subparsers._group_actions[0].choices)
+    assert full >= {c for commands in cli.COMMAND_MODULES.values() for c in commands} | {"info", "snapshots"}
+
+
+def test_a_built_in_command_imports_no_other_commands_module(tmp_path):
+    code = f"import vmstate_gdb.cli as c\nc.main(['info', {str(tmp_path / 'none')!r}])"
+    loaded = "sorted(m for m in sys.modules if m.endswith(('.cli', '.learn')))"
+    probe = code + f"\nimport json, sys; print(json.dumps({loaded}))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["vmstate_gdb.cli"]

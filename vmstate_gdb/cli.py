@@ -355,7 +355,9 @@ def add_snapshot_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command`` (the first word of the command line), only what that
+    command needs to parse."""
     p = argparse.ArgumentParser(
         prog="vmstate",
         description="Inspect and edit QEMU/KVM snapshots "
@@ -405,22 +407,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-c", "--connect", metavar="URI", help="libvirt URI for --domain (implies it)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_snapshots)
-    _register_optional(sub)
+    if command not in sub.choices:  # a built-in command needs no other module
+        _register_optional(sub, command)
     return p
 
 
-def _register_optional(sub) -> None:
-    """Commands that live in their own modules register themselves here (writer, exports, server...)."""
+#: commands that live in their own modules (writer, exports, server...), which register them
+COMMAND_MODULES = {
+    "vmstate_gdb.writer.cli": ("patch", "resume-cmd"),
+    "vmstate_gdb.rsp.cli": ("serve",),
+    "vmstate_gdb.export.cli": ("export-devices", "import-devices", "diff", "core", "inject-core", "disas"),
+    "vmstate_gdb.capture.cli": ("capture", "watch"),
+    "vmstate_gdb.os.linux.cli": ("linux", "drgn", "app-core"),
+    "vmstate_gdb.devices.learn": ("learn",),
+}
+
+
+def _register_optional(sub, command: str | None) -> None:
+    """Register the module of ``command`` only, when one owns it (importing them all costs every
+    call tens of milliseconds); all of them for --help, an unknown command or None."""
     import importlib
 
-    for module in (
-        "vmstate_gdb.writer.cli",
-        "vmstate_gdb.rsp.cli",
-        "vmstate_gdb.export.cli",
-        "vmstate_gdb.capture.cli",
-        "vmstate_gdb.os.linux.cli",
-        "vmstate_gdb.devices.learn",
-    ):
+    owners = [m for m, commands in COMMAND_MODULES.items() if command in commands]
+    for module in owners or COMMAND_MODULES:
         try:
             mod = importlib.import_module(module)
         except ImportError:
@@ -444,7 +453,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parse_args(parser, argv)
     try:
         return args.func(args)

@@ -16,8 +16,9 @@ timestamp granularity would keep its modification time. The cache is never requi
 problem with it means a normal scan) and is never written next to the snapshot.
 
 Where: ``$VMSTATE_INDEX_CACHE`` (``off`` disables it), else ``$XDG_CACHE_HOME/vmstate_gdb/index``, else
-``~/.cache/vmstate_gdb/index``; at most 4 GiB (8 bytes per guest page: 128 MiB for a 64 GiB guest),
-least recently used entries removed first. Streams under 1 MiB are not cached (their scan takes
+``~/.cache/vmstate_gdb/index``; at most 4 GiB on disk (8 bytes per guest page that holds data: 128 MiB
+for a 64 GiB guest full of data, almost nothing for one that left its RAM untouched), least recently
+used entries removed first. Streams under 1 MiB are not cached (their scan takes
 a few milliseconds). Entries are pickles: only files the user owns in a directory only the
 user can write are loaded, like any other per-user cache of trusted data.
 """
@@ -37,6 +38,8 @@ from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .stream.ram import zero_entries
+
 if TYPE_CHECKING:
     from .containers import StreamSource
     from .stream.index import StreamIndex
@@ -50,7 +53,8 @@ _MIN_STREAM = 1 << 20
 _MAX_BYTES = 4 << 30  # the cache's size; least recently used entries go first
 _SETTLED_NS = 2 * 10**9  # git's "racy" rule: a file modified this recently may change again unseen
 _STALE_TMP_S = 24 * 3600  # leftovers of a killed scan
-_FILL = b"\xff" * (1 << 20)  # PAGE_ABSENT (-1) in every entry
+# free space kept beside the largest the entry can grow to (8 bytes for every page): see PageFile
+_DISK_MARGIN = 64 << 20
 
 
 def cache_dir() -> Path | None:
@@ -162,9 +166,16 @@ def load(key: bytes | None, path: str) -> StreamIndex | None:
 class PageFile:
     """The page arrays of an index being built, written straight into its future cache file.
 
-    Called with a page count, it returns a writable ``'q'`` view filled with PAGE_ABSENT; the scan
+    Called with a page count, it returns a writable ``'q'`` view of zero entries; the scan
     calls :meth:`release` as it moves on, which unmaps the filled pages (they stay in the page cache
     and come back on the next touch), so resident memory does not grow with the guest's RAM.
+    The arrays are holes until written (the scan never stores a zero-page entry), so runs of
+    zero pages take no disk and no memory. A store into a hole allocates the block then, and on a
+    full disk the kernel could only answer with SIGBUS: an array is made here only while the disk
+    has room for all of it written (8 bytes a page) and a margin, else the open goes on in memory.
+    (Reserving the space with fallocate would avoid even a disk filled by another process during
+    the scan, but ext4 then reports megabytes around each written page as data, and the holes are
+    lost.)
     """
 
     def __init__(self, directory: Path):
@@ -195,14 +206,13 @@ class PageFile:
         if not npages:
             return memoryview(array("q"))
         try:
-            # written, not only truncated: the blocks are allocated now, so a full disk is this
-            # OSError and not a SIGBUS at a store into the map later
+            fs = os.fstatvfs(self.fd)
+            if fs.f_bavail * fs.f_frsize < length + _DISK_MARGIN:
+                raise OSError("the index cache's disk is nearly full")
             os.ftruncate(self.fd, self.end)
-            for pos in range(offset, offset + length, len(_FILL)):
-                os.pwrite(self.fd, _FILL[: min(len(_FILL), offset + length - pos)], pos)
             mm = mmap.mmap(self.fd, length, offset=offset)
         except OSError:  # the cache's disk is full: this open goes on in memory, uncached
-            return array("q", [-1]) * npages
+            return zero_entries(npages)
         self.maps.append(mm)
         view = memoryview(mm).cast("q")
         self.layout[id(view)] = (offset, npages)
@@ -267,17 +277,22 @@ def _evict(directory: Path, limit: int, pattern: str = "*.idx", keep: Path | Non
             continue
         with contextlib.suppress(OSError):
             st = p.stat()
-            entries.append((st.st_mtime_ns, st.st_size, p))
+            entries.append((st.st_mtime_ns, _disk_bytes(st), p))
     total = sum(size for _, size, _ in entries)
     if keep is not None:
         with contextlib.suppress(OSError):
-            total += keep.stat().st_size
+            total += _disk_bytes(keep.stat())
     for _, size, p in sorted(entries):
         if total <= limit:
             break
         with contextlib.suppress(OSError):
             p.unlink()
             total -= size
+
+
+def _disk_bytes(st: os.stat_result) -> int:
+    """What an entry takes on disk: its holes (runs of zero pages) take nothing."""
+    return min(st.st_size, st.st_blocks * 512)
 
 
 def _remove_stale(directory: Path) -> None:

@@ -179,6 +179,8 @@ class _Walker:
                 "byte (see `vmstate learn`), else shown raw"
             )
         self._sections(idx, device_entries(vmdesc))
+        for block in ram.blocks.values():
+            block.finish()
         trailing = cur.size - idx.eof_offset - 1
         if vmdesc_offset is not None and vmdesc_offset != idx.eof_offset + 1:
             raise FormatError(

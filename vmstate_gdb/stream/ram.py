@@ -2,10 +2,16 @@
 
 The index is the whole point of opening a multi-GB snapshot quickly: one signed 64-bit entry per
 guest page (PAGE_ZERO, PAGE_ABSENT, or the stream offset of the page bytes), never the bytes.
+Arrays start as zeros that cost nothing (holes of the cache file, untouched anonymous pages) and the
+scan never stores a PAGE_ZERO there: the index of a guest that left most of its RAM untouched takes
+memory and disk only for its data pages. Pages above a block's ``highest`` have had no record yet,
+so their zero entries mean "absent": gaps are filled with PAGE_ABSENT as the scan passes them, the
+rest when it ends (:meth:`RamBlock.finish`).
 """
 
 from __future__ import annotations
 
+import mmap
 import struct
 import sys
 from array import array
@@ -60,13 +66,17 @@ class RamBlock:
 
     def account(self, first: int, count: int, data: bool) -> None:
         """Pages first..first+count-1 now hold data (or zero): keep the counts exact, looking at
-        the old entries only where a later pass of QEMU's sends a page again."""
-        if first > self.highest:
+        the old entries only where a later pass of QEMU's sends a page again; a gap the records
+        jumped over becomes PAGE_ABSENT."""
+        seen = min(count, self.highest + 1 - first)
+        if seen <= 0:
             old_data = old_zero = 0
+            if first > self.highest + 1:
+                self.fill_absent(self.highest + 1, first)
         else:
-            old = array("q", self.pages[first : first + count])
+            old = array("q", self.pages[first : first + seen])
             old_zero = old.count(PAGE_ZERO)
-            old_data = count - old_zero - old.count(PAGE_ABSENT)
+            old_data = seen - old_zero - old.count(PAGE_ABSENT)
         self.highest = max(self.highest, first + count - 1)
         if data:
             self.data_pages += count - old_data
@@ -74,6 +84,22 @@ class RamBlock:
         else:
             self.zero_pages += count - old_zero
             self.data_pages -= old_data
+
+    def fill_absent(self, start: int, end: int) -> None:
+        if end > start:
+            self.pages[start:end] = array("q", [PAGE_ABSENT]) * (end - start)
+
+    def finish(self) -> None:
+        """The scan is over: pages no record named are PAGE_ABSENT."""
+        self.fill_absent(self.highest + 1, self.page_count)
+        self.highest = self.page_count - 1
+
+
+def zero_entries(npages: int):
+    """A writable 'q' view of npages zero entries that takes memory only where it is written."""
+    if not npages:
+        return memoryview(array("q"))
+    return memoryview(mmap.mmap(-1, 8 * npages)).cast("q")
 
 
 @dataclass
@@ -89,8 +115,8 @@ class RamState:
     last_block: RamBlock | None = None  # QEMU keeps "current block" across sections
     eos_offsets: list[int] = field(default_factory=list)  # stream offset of each chunk's EOS word
     checkpoint: Callable[[int], None] | None = None  # called every RELEASE_EVERY bytes of RAM records
-    #: where page arrays live: called with a page count, returns a writable 'q' buffer of PAGE_ABSENT
-    #: entries (index_cache.PageFile: in the cache file); None: ordinary arrays
+    #: where page arrays live: called with a page count, returns a writable 'q' buffer of zero
+    #: entries (index_cache.PageFile: in the cache file); None: anonymous memory (zero_entries)
     allocate: Callable[[int], Any] | None = None
 
 
@@ -119,7 +145,7 @@ def parse_ram_setup(cur: Cursor, state: RamState, channel_base: int) -> None:
         if used % state.page_size or used > remaining:
             raise cur.fail(f"RAM block {name!r} has a bad used_length {used:#x}", entry)
         npages = used // state.page_size
-        pages = state.allocate(npages) if state.allocate else array("q", [PAGE_ABSENT]) * npages
+        pages = state.allocate(npages) if state.allocate else zero_entries(npages)
         block = RamBlock(name, used, state.page_size, entry, pages)
         if state.ignore_shared:
             block.mr_addr = cur.be64("mr_addr")
@@ -155,7 +181,8 @@ def _parse_mapped_ram_block(cur: Cursor, block: RamBlock, channel_base: int) -> 
     pages = block.pages
     ps = block.page_size
     # Bit i of the little-endian unsigned longs is bit i % 8 of byte i // 8. Whole bytes of set
-    # or clear bits (the common case) are filled with slice assignments.
+    # bits (the common case) are filled with slice assignments; clear bits are zero pages, which
+    # the zeroed array already says.
     for byte_index, byte in enumerate(bitmap):
         first = byte_index * 8
         if first >= npages:
@@ -165,11 +192,10 @@ def _parse_mapped_ram_block(cur: Cursor, block: RamBlock, channel_base: int) -> 
             pages[first : first + n] = array(
                 "q", range(pages_offset + first * ps, pages_offset + (first + n) * ps, ps)
             )
-        elif byte == 0:
-            pages[first : first + n] = array("q", bytes(8 * n))
-        else:
+        elif byte:
             for bit in range(n):
-                pages[first + bit] = pages_offset + (first + bit) * ps if byte >> bit & 1 else PAGE_ZERO
+                if byte >> bit & 1:
+                    pages[first + bit] = pages_offset + (first + bit) * ps
     set_bits = int.from_bytes(bitmap, "little") & ((1 << npages) - 1)
     block.data_pages = set_bits.bit_count()
     block.zero_pages = npages - block.data_pages
@@ -261,7 +287,7 @@ def _parse_ram_records(cur: Cursor, state: RamState) -> None:
                 if pos + ps > size:
                     cur.pos = pos
                     cur.need(ps, "RAM page data")
-                if page > block.highest:
+                if page == block.highest + 1:
                     block.highest = page
                     block.data_pages += 1
                 else:
@@ -280,12 +306,14 @@ def _parse_ram_records(cur: Cursor, state: RamState) -> None:
                         pos + cur.origin,
                     )
                 pos += 1
-                if page > block.highest:
+                if page == block.highest + 1:  # the entry is zero already: a store would allocate it
                     block.highest = page
                     block.zero_pages += 1
                 else:
+                    again = page <= block.highest
                     block.account(page, 1, False)
-                pages[page] = PAGE_ZERO
+                    if again:
+                        pages[page] = PAGE_ZERO
             records += 1
             if kind == run_kind and page == run_page + 1:
                 run_len += 1
@@ -372,11 +400,12 @@ def _bulk_run(buf: memoryview, size: int, pos: int, kind: int, block: RamBlock, 
         done = lo
         break
     if done:
+        seen = max(0, min(done, block.highest + 1 - first))  # entries to overwrite with zeros
         block.account(first, done, is_page)
         if is_page:
             block.pages[first : first + done] = array("q", range(pos + 8, pos + 8 + done * stride, stride))
-        else:
-            block.pages[first : first + done] = array("q", bytes(8 * done))
+        elif seen:
+            block.pages[first : first + seen] = array("q", bytes(8 * seen))
     return done
 
 
