@@ -98,6 +98,9 @@ def test_parse_ticks_both_formats():
     assert (small.n, small.sw_mac, small.r12, small.note) == (7, "52:54:00:12:34:56", 0x1F, "hello world")
     assert (eth0.n, eth0.iface, eth0.mac) == (3, "eth0", "52:54:00:ab:cd:02")
     assert tick_continues(eth0, eth1) and not tick_continues(eth1, eth0)
+    # a line still being printed is not a tick yet: its note may be yet to come
+    partial = "TICK 4 sw=52:54:00:12:34:56 hw=52:54:00:12:34:56 r12=0x1f note=\nTICK 5 sw=52:54:00:12:34"
+    assert [t.n for t in parse_ticks(partial)] == [4]
     assert tick_continues(eth1, small)
 
 

@@ -56,9 +56,13 @@ def parse_tick(line: str) -> Tick | None:
 
 
 def parse_ticks(text: str) -> list[Tick]:
-    """Every TICK line in ``text``, in order; other lines (firmware, kernel log) are skipped."""
+    """Every TICK line in ``text``, in order; other lines (firmware, kernel log) are skipped, and
+    so is a last line the guest is still printing (its note or NIC may be yet to come)."""
     ticks = []
-    for line in text.splitlines():
+    lines = text.splitlines()
+    if lines and not text.endswith(("\n", "\r")):
+        lines.pop()
+    for line in lines:
         # A line may carry firmware escape noise before TICK: look from the last "TICK ".
         at = line.rfind("TICK ")
         if at >= 0:
