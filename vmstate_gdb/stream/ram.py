@@ -377,10 +377,14 @@ def _bulk_run(buf: memoryview, size: int, pos: int, kind: int, block: RamBlock, 
         lanes = _header_lanes(first + a, b - a, flags, ps)
         start = pos + a * stride
         end = pos + b * stride
+        if is_page:  # 8 header bytes in every 4 KiB: strided views, no copy of the data
+            raw, at = buf, start
+        else:  # 9-byte records: one copy, then strided slices of bytes (several times faster)
+            raw, at, end = bytes(buf[start:end]), 0, end - start
         for j in (7, 6, 5, 4, 3, 2, 1, 0):  # the flag byte first: a run usually breaks there
-            if buf[start + j : end : stride] != lanes[j]:
+            if raw[at + j : end : stride] != lanes[j]:
                 return False
-        return is_page or buf[start + 8 : end : stride] == bytes(b - a)
+        return is_page or raw[8::stride] == bytes(b - a)
 
     done = 0
     window = 16
