@@ -213,11 +213,10 @@ def test_runs_of_zero_pages_take_no_disk_in_the_entry(stream):
     Snapshot.open(stream).close()
     (entry,) = index_cache.cache_dir().glob("*.idx")
     st = entry.stat()
-    written = sum(
-        4096 for raw in arrays.values() for at in range(0, len(raw), 4096) if raw[at : at + 4096].strip(b"\0")
-    )
-    tail = st.st_size - sum(-(-len(raw) // 4096) * 4096 for raw in arrays.values())
-    assert 0 < tail < 1 << 20  # sections, device descriptions, key, footer
+    big = [raw for raw in arrays.values() if len(raw) >= 4096]  # the rest is packed in the tail
+    written = sum(4096 for raw in big for at in range(0, len(raw), 4096) if raw[at : at + 4096].strip(b"\0"))
+    tail = st.st_size - sum(-(-len(raw) // 4096) * 4096 for raw in big)
+    assert 0 < tail < 1 << 20  # small arrays, sections, device descriptions, key, footer
     disk = st.st_blocks * 512
     assert written <= disk <= written + -(-tail // 4096) * 4096 + (64 << 10), (disk, written, tail)
     assert disk < 8 * pages * 0.8, "a good part of this guest's RAM is zero pages in long runs"

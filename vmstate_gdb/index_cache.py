@@ -1,8 +1,9 @@
 """Stream indexes kept in the user's cache directory, so a second open of an unchanged file is a map.
 
 A snapshot is opened many times (`vmstate info`, then `devices`, then gdb): the scan of its RAM records
-is the same each time. The cache file holds each RAM block's page array exactly as it is in memory,
-then the index's small parts (sections, device descriptions, block list) as a pickle and a footer;
+is the same each time. The cache file holds each RAM block's page array exactly as it is in memory
+(page-aligned; arrays smaller than a page packed after them), then the index's small parts
+(sections, device descriptions, block list) as a compressed pickle and a footer;
 loading maps the file and hands out the arrays as views into the map, so a reopen costs the same for
 a 1 GiB guest as for a 64 GiB one and brings no page of the array into memory until it is read.
 A first open builds the arrays straight into that file (:class:`PageFile`) and lets go of the pages
@@ -34,6 +35,7 @@ import stat
 import struct
 import tempfile
 import time
+import zlib
 from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from .stream.index import StreamIndex
 
 _FOOTER = struct.Struct("<8sQQQQ")  # magic, key offset, key length, metadata offset, length
-_MAGIC = b"VMSIDX\x00\x03"  # bump the last byte when StreamIndex or the layout changes
+_MAGIC = b"VMSIDX\x00\x04"  # bump the last byte when StreamIndex or the layout changes
 _SAMPLE = 64 << 10
 # a shorter stream is scanned in a few milliseconds; longer ones may hold millions of 9-byte
 # zero-page records (a 4 GiB guest that touched little RAM: 10 MB, 80 ms to scan)
@@ -149,10 +151,10 @@ def load(key: bytes | None, path: str) -> StreamIndex | None:
             or mm[key_off:meta_off] != key
         ):
             return None
-        index, layout = pickle.loads(mm[meta_off : meta_off + meta_len])
+        index, layout = pickle.loads(zlib.decompress(mm[meta_off : meta_off + meta_len]))
         view = memoryview(mm)
         for name, offset, count in layout:
-            if offset + 8 * count > meta_off:
+            if offset + 8 * count > key_off:
                 return None
             index.ram.blocks[name].pages = view[offset : offset + 8 * count].cast("q")
     except Exception:  # a damaged cache entry is a cache miss, never an error of the snapshot
@@ -188,6 +190,7 @@ class PageFile:
         self.end = 0
         self.maps: list[mmap.mmap] = []
         self.layout: dict[int, tuple[int, int]] = {}  # id(view) -> (offset, count)
+        self.small: dict[int, memoryview] = {}  # id(view) -> arrays of under a page: in the tail
 
     @classmethod
     def for_key(cls, key: bytes | None) -> PageFile | None:
@@ -201,6 +204,10 @@ class PageFile:
 
     def __call__(self, npages: int):
         length = 8 * npages
+        if length < mmap.PAGESIZE:  # ROMs and small regions: packed into the tail, not a page each
+            view = zero_entries(npages)
+            self.small[id(view)] = view
+            return view
         offset = self.end
         self.end += length + -length % mmap.PAGESIZE
         if not npages:
@@ -226,11 +233,17 @@ class PageFile:
     def finish(self, key: bytes, index: StreamIndex) -> None:
         """Append the rest of the index and give the file its name; the arrays stay mapped."""
         try:
-            layout = [(name, *self.layout[id(b.pages)]) for name, b in index.ram.blocks.items()]
-            meta = _pickle_without_arrays(index, layout)
+            layout, tail = [], bytearray()
+            for name, b in index.ram.blocks.items():
+                if id(b.pages) in self.small:
+                    layout.append((name, self.end + len(tail), len(b.pages)))
+                    tail += b.pages
+                else:
+                    layout.append((name, *self.layout[id(b.pages)]))
+            meta = zlib.compress(_pickle_without_arrays(index, layout), 6)
             entry = _entry(key)
-            os.lseek(self.fd, self.end, os.SEEK_SET)
-            _write_tail(self.fd, self.end, key, meta)
+            os.pwrite(self.fd, tail, self.end)
+            _write_tail(self.fd, self.end + len(tail), key, meta)
             os.replace(self.tmp, entry)
         except (OSError, KeyError, pickle.PicklingError, TypeError, ValueError):
             self.discard()
