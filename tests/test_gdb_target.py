@@ -280,7 +280,7 @@ def test_open_and_save_show_progress_on_a_terminal_and_nothing_in_batch(snapshot
 
 
 def test_gdb_caches_memory_but_never_serves_a_stale_view(snapshot_small_pc_e1000):
-    """vmstate-open lets gdb cache memory (one x/N is a few 64 KiB reads); a `monitor` command
+    """vmstate-open lets gdb cache memory (one x/N is a few 128 KiB reads); a `monitor` command
     that changes the view (physical mode) and the server's own edits must drop that cache."""
     kernel = 0xFFFFFFFF80100000  # the small guest's kernel: physical 0x100000
     out = run_gdb(

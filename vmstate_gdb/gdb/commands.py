@@ -414,10 +414,11 @@ class VmstateDump(gdb.Command):
 class VmstateCache(gdb.Parameter):
     """Whether gdb caches the snapshot's memory (on by default).
 
-    On, gdb reads 64 KiB at a time and keeps what it read: `x/100000x`, `bt` and struct printing
-    make few round trips. Off, every read goes to the server: `dump binary memory` of data that is
-    not mostly zero is then about 1.5x faster (`vmstate read --raw` and `vmstate core` are faster
-    still). Edits, `monitor` commands and thread switches drop the cache either way."""
+    On, gdb reads 128 KiB at a time and keeps what it read: `x/100000x`, `bt` and struct printing
+    make few round trips. Off, every read goes to the server: `dump binary memory` of RAM the guest
+    never touched is then about 1.5x faster; for bulk reads `vmstate-dump` is 20x faster than
+    either (gdb 13 parses hex replies a character at a time). Edits, `monitor` commands and thread
+    switches drop the cache either way."""
 
     set_doc = "Set whether gdb caches the snapshot's memory."
     show_doc = "Show whether gdb caches the snapshot's memory."

@@ -122,7 +122,8 @@ class Session:
 
     def _cache_memory(self) -> None:
         """A frozen VM's memory changes only by our own edits, so gdb may keep what it read: one
-        `x/100000x` is then 25 reads of 64 KiB, not 100,000 round trips of 4 bytes. gdb drops the
+        `x/100000x` is then 4 reads of 128 KiB (what one m reply holds), not 100,000 round trips of
+        4 bytes. gdb drops the
         cache when the thread (a task's address space) changes; a write through gdb updates it;
         edits made by the server (vmstate-* commands, `monitor` ones) flush it
         (_flush_gdb_caches, and vmstate.gdb's hookpost-monitor)."""
@@ -130,7 +131,7 @@ class Session:
         if not self.cache_wanted:
             return
         try:
-            for command in ("mem 0 0 cache", "set dcache line-size 65536", "set dcache size 256"):
+            for command in ("mem 0 0 cache", "set dcache line-size 131072", "set dcache size 256"):
                 gdb.execute(command, to_string=True)
             self.cached = True
         except gdb.error:
