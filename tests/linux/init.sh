@@ -31,8 +31,11 @@ for d in /sys/class/net/*; do
     i=${d##*/}
     ip link set "$i" up
     [ "$i" = lo ] && continue
-    # one frame out of every NIC now (a gratuitous ARP): each transmit ring has moved by the stop,
-    # whatever the kernel's own IPv6 timers have sent yet
+    # one frame out of every NIC (a gratuitous ARP): each transmit ring has moved by the stop,
+    # whatever the kernel's own IPv6 timers have sent yet. Once the link is up: e1000e turns its
+    # transmitter on only then (its watchdog, after autonegotiation)
+    n=0
+    while [ "$(cat "$d/carrier" 2>/dev/null)" != 1 ] && [ $n -lt 50 ]; do usleep 100000; n=$((n + 1)); done
     arping -q -U -c 1 -I "$i" 169.254.7.1 2>/dev/null
     drv=$(readlink "$d/device/driver")
     echo "NIC $i $(cat "$d/address") ${drv##*/}"

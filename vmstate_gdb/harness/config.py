@@ -26,7 +26,7 @@ MACHINES = ("pc", "q35", "virt")
 MACHINE_TARGET = {"pc": "x86_64", "q35": "x86_64", "virt": "aarch64"}
 #: virt: cortex-a57 boots fast under TCG (-cpu max's pointer authentication makes Linux 4x slower)
 ARM_CPU = "cortex-a57"
-NIC_MODELS = ("e1000", "rtl8139", "virtio-net-pci", "virtio-net-device")
+NIC_MODELS = ("e1000", "e1000e", "rtl8139", "virtio-net-pci", "virtio-net-device")
 QEMU_GENERATIONS = ("7.2", "10")
 #: ``kvm``: the snapshot is written (and resumed) by a QEMU under KVM. The guest still boots under
 #: TCG and is live-migrated into the KVM QEMU (see snapshot.migrate_into); KVMs such as PVM

@@ -28,6 +28,7 @@ MAC_E1000 = "52:54:00:12:34:56"
 MAC_RTL8139 = "52:54:00:ab:cd:02"
 MAC_VIRTIO = "52:54:00:ab:cd:03"
 MAC_VIRTIO_MMIO = "52:54:00:ab:cd:04"
+MAC_E1000E = "52:54:00:ab:cd:05"
 THREE_NICS = (Nic("e1000", MAC_E1000), Nic("rtl8139", MAC_RTL8139), Nic("virtio-net-pci", MAC_VIRTIO))
 VIRTIO_NULL_DISK = (
     "-blockdev",
@@ -105,6 +106,8 @@ SCENARIOS: dict[str, Scenario] = _catalogue(
         "linux-q35-3nic-qemu10",
         GuestConfig("linux", "q35", 1, 256, THREE_NICS, qemu="10", extra_args=VIRTIO_NULL_DISK),
     ),
+    # the 82574 (e1000e) on its own: its register file is one array in the stream
+    Scenario("linux-q35-e1000e", GuestConfig("linux", "q35", 1, 256, (Nic("e1000e", MAC_E1000E),))),
     # KASLR on (text, modules and the direct map at random addresses), 2 vCPUs, and QEMU's
     # vmcoreinfo device, which the guest's qemu_fw_cfg driver fills with its VMCOREINFO address.
     Scenario(
