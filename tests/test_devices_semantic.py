@@ -416,3 +416,33 @@ def test_e1000e_register_edited_by_name_resumes(snapshot, restored, tmp_path):
     vm = restored(dataclasses.replace(meta, path=str(out)))
     first = vm.wait_for_line(r"^CLOCK (\d+) ", timeout=90)
     vm.wait_for_line(rf"^CLOCK {int(first[1]) + 1} ", timeout=30)
+
+
+@pytest.mark.qemu
+@pytest.mark.linux
+def test_ide_drive_holds_the_guests_last_read(snapshot):
+    """The PIIX IDE disk the Linux guest read one sector from at boot (through ata_piix's
+    bus-master DMA; the kernel may read the page around it): the drive answered IDENTIFY, is ready
+    and idle, nothing left to transfer; the channel's DMA engine stopped after a transfer into
+    memory; its PRD table in guest RAM (ending with EOT) holds as many bytes as the task file moved
+    on, a read that covered the guest's sector. The drive slots with no disk were never
+    identified."""
+    from vmstate_gdb.harness.scenarios import IDE_READ_SECTOR
+
+    meta = snapshot("linux-pc-3nic")
+    assert re.search(rf"^IDEREAD {IDE_READ_SECTOR}\r?$", meta.console, re.M), "the guest read its sector"
+    with Snapshot.open(meta.path) as snap:
+        x = _kind(snap, "PCI IDE")
+        assert x.get("ide0.identified") == 1
+        assert [x.get(f"ide{n}.identified") for n in (1, 2, 3)] == [0, 0, 0]
+        status = x.get("ide0.status")
+        assert status & 0x40 and not status & 0x89, f"{status:#x}"  # DRDY; not BSY, DRQ, ERR
+        assert x.get("ide0.nsector") == 0
+        bmic = x.get("BMIC0")
+        assert not bmic & 1 and bmic & 8, f"{bmic:#x}"  # stopped; the last transfer was into memory
+        prd = next(v.text for v in x.values if v.name == "PRD0")
+        m = re.search(r": \d+ entries, (\d+) bytes \(0x[0-9a-f]+\+\d+.*; EOT\)", prd)
+        assert m and int(m[1]) % 512 == 0, prd
+        end = x.get("ide0.lba")  # after the command: the sector after its last
+        start = end - int(m[1]) // 512
+        assert start <= IDE_READ_SECTOR < end, (start, end, prd)

@@ -25,7 +25,7 @@ CMDLINE="console=ttyS0 nokaslr quiet loglevel=1 panic=-1 mitigations=off no_time
 # gets eth0, rtl8139 eth1, virtio-net eth2 when each is present once).
 # qemu_fw_cfg writes the kernel's VMCOREINFO address to QEMU's vmcoreinfo
 # device, where a VM has one.
-NIC_MODULES="e1000 e1000e 8139cp 8139too virtio_pci virtio_net qemu_fw_cfg virtio_blk ahci"
+NIC_MODULES="e1000 e1000e 8139cp 8139too virtio_pci virtio_net qemu_fw_cfg virtio_blk ahci ata_piix sd_mod"
 DUMP_MODULES="virtio_pci virtio_blk"
 
 log() { echo "build.sh: $*" >&2; }

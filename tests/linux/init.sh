@@ -41,6 +41,16 @@ for d in /sys/class/net/*; do
     echo "NIC $i $(cat "$d/address") ${drv##*/}"
 done
 
+# The harness may name a sector of an IDE disk (fw_cfg opt/vmstate/ideread): one read of it (the
+# kernel may read its page), so the drive's task file holds a known address at the stop (IDE test)
+sector=/sys/firmware/qemu_fw_cfg/by_name/opt/vmstate/ideread/raw
+if [ -r "$sector" ]; then
+    n=0
+    while [ ! -b /dev/sda ] && [ $n -lt 100 ]; do usleep 100000; n=$((n + 1)); done
+    s=$(cat "$sector")
+    dd if=/dev/sda of=/dev/null bs=512 skip="$s" count=1 iflag=direct 2>/dev/null && echo "IDEREAD $s"
+fi
+
 # The marker process (marker.c) and what the guest itself sees of it, for the tests of
 # `vmstate linux`: every task's /proc stat line, the marker's maps and open files, the modules
 # and the last kernel log line, between GUEST-REPORT-BEGIN and GUEST-REPORT-END.

@@ -36,6 +36,15 @@ VIRTIO_NULL_DISK = (
     "-device",
     "virtio-blk-pci,drive=disk0,id=blk0",
 )
+IDE_READ_SECTOR = 12345  # the guest reads it at boot (init.sh, opt/vmstate/ideread)
+IDE_NULL_DISK = (
+    "-blockdev",
+    "driver=null-co,node-name=idedisk0,size=67108864,read-zeroes=on",
+    "-device",
+    "ide-hd,drive=idedisk0,bus=ide.0,unit=0",
+    "-fw_cfg",
+    f"name=opt/vmstate/ideread,string={IDE_READ_SECTOR}",
+)
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,8 @@ SCENARIOS: dict[str, Scenario] = _catalogue(
         GuestConfig("small", "q35", 1, 128, (Nic("virtio-net-pci", MAC_VIRTIO),), qemu="10", disk_mib=64),
         "savevm",
     ),
-    Scenario("linux-pc-3nic", GuestConfig("linux", "pc", 1, 256, THREE_NICS)),
+    # with an IDE disk (PIIX, null block driver) and the sector the guest reads from it at boot
+    Scenario("linux-pc-3nic", GuestConfig("linux", "pc", 1, 256, THREE_NICS, extra_args=IDE_NULL_DISK)),
     # with a virtio disk of QEMU's null block driver (reads give zeros; no file to keep)
     Scenario(
         "linux-q35-3nic-qemu10",

@@ -158,4 +158,4 @@ def for_path(tree: DeviceTree, path: str, memory: Memory | None = None) -> list[
 
 
 def _load() -> None:
-    from . import ahci, e1000, interrupts, pci, rtl8139, serial, timers, virtio  # noqa: F401  (register them)
+    from . import ahci, e1000, ide, interrupts, pci, rtl8139, serial, timers, virtio  # noqa: F401  (register them)
