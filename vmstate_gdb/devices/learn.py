@@ -44,8 +44,11 @@ def qemu_version(binary: str) -> str:
     return m.group(1)
 
 
-def vmdesc_from_qemu(binary: str, args: list[str]) -> tuple[dict, str]:
-    """Start ``binary`` paused with ``args``, migrate it to a file, return (VMDESCRIPTION, source)."""
+def vmdesc_from_qemu(binary: str, args: list[str], run_s: float = 0.0) -> tuple[dict, str]:
+    """Start ``binary`` paused with ``args``, migrate it to a file, return (VMDESCRIPTION, source).
+
+    ``run_s``: let the VM run that long first, so its firmware has driven the devices (SeaBIOS
+    identifies IDE and AHCI disks, and an identified drive's state has fields a fresh one lacks)."""
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
     from ..stream.vmdesc import locate_trailer
@@ -68,6 +71,10 @@ def vmdesc_from_qemu(binary: str, args: list[str]) -> tuple[dict, str]:
             proc.poll()
             raise LearnError(f"{binary} did not start: {_tail(log)}") from None
         machine = _machine(qmp)
+        if run_s:
+            qmp.cmd("cont")
+            time.sleep(run_s)
+            qmp.cmd("stop")
         qmp.cmd("migrate", uri=f"exec:cat > {stream}")
         deadline = time.monotonic() + QEMU_TIMEOUT
         while True:
@@ -84,7 +91,7 @@ def vmdesc_from_qemu(binary: str, args: list[str]) -> tuple[dict, str]:
             raise LearnError(
                 f"{binary}: its stream has no VMDESCRIPTION (is suppress-vmdesc=on among the options?)"
             )
-        return found[1], f"QEMU {version} {machine}"
+        return found[1], f"QEMU {version} {machine}" + (" (after its firmware ran)" if run_s else "")
     finally:
         try:
             qmp.close()
