@@ -446,3 +446,10 @@ def test_ide_drive_holds_the_guests_last_read(snapshot):
         end = x.get("ide0.lba")  # after the command: the sector after its last
         start = end - int(m[1]) // 512
         assert start <= IDE_READ_SECTOR < end, (start, end, prd)
+        # by name: a status bit of one drive (a register whose name has a dot), the selected drive
+        set_by_name(snap, "ide.ide0.status.ERR", "1")
+        assert snap.field_value("ide/bus[0].ifs[0]/status") == status | 1
+        set_by_name(snap, "ide.channel0.selected", "0")
+        assert snap.field_value("ide/bus[0]/unit") == 0
+        with pytest.raises(EditError, match="at most 0x1"):
+            set_by_name(snap, "ide.channel0.selected", "2")
