@@ -368,6 +368,8 @@ def test_e1000e_registers_are_the_82574_linux_drove(snapshot):
         assert x.get("STATUS") & 2 and x.get("RCTL") & 2 and x.get("TCTL") & 2  # LU, EN, EN
         assert x.get("RA0") == nic.mac.lower()
         assert x.get("RFCTL") >> 15 & 1  # EXSTEN: the driver's extended status
+        assert x.get("CTRL_EXT") >> 28 & 1  # DRV_LOAD: e1000e_get_hw_control at open
+        assert "DRV_LOAD" in next(v.text for v in x.values if v.name == "CTRL_EXT")
         rx_text = next(v.text for v in x.values if v.name == "RX ring")
         assert "descriptors of 16 bytes" in rx_text, rx_text
         rdlen, rdh, rdt = x.get("RDLEN"), x.get("RDH"), x.get("RDT")

@@ -192,6 +192,29 @@ def test_bulk_runs_index_like_record_by_record():
     assert idx.ram.records == len(recs)
 
 
+def test_absent_pages_are_filled_in_chunks_across_gaps_and_tails(monkeypatch):
+    """Entries start as zeros; what no record named becomes PAGE_ABSENT, a gap as the scan passes
+    it and a block's tail at the end, a chunk at a time (here 7 entries: chunk edges inside both)."""
+    from vmstate_gdb.stream import ram
+
+    monkeypatch.setattr(ram, "_ABSENT_CHUNK", 7)
+    b = StreamBuilder().ram_start({"pc.ram": 100 * PS, "rom": 30 * PS})
+    recs = [("zero", "pc.ram", 0), ("page", None, 1 * PS, b"a" * PS)]
+    recs += [("zero", None, i * PS) for i in range(40, 60)]  # gap: 2..39
+    recs += [("page", "rom", 3 * PS, b"r" * PS)]  # gap 0..2, tail 4..29
+    b.ram_chunk(recs, end=True)
+    data = b.finish()
+    idx = idx_of(data)
+    pages, rom = idx.ram.blocks["pc.ram"].pages, idx.ram.blocks["rom"].pages
+    assert pages[0] == PAGE_ZERO and page(data, idx, "pc.ram", 1) == b"a" * PS
+    assert [pages[i] for i in range(2, 40)] == [PAGE_ABSENT] * 38
+    assert [pages[i] for i in range(40, 60)] == [PAGE_ZERO] * 20
+    assert [pages[i] for i in range(60, 100)] == [PAGE_ABSENT] * 40  # the tail, at the end
+    assert [rom[i] for i in (*range(3), *range(4, 30))] == [PAGE_ABSENT] * 29
+    counts = idx.ram.blocks["pc.ram"].counts()
+    assert counts == {"pages": 100, "data": 1, "zero": 21, "absent": 78}
+
+
 def test_bulk_run_stops_at_a_corrupted_header():
     b = StreamBuilder().ram_start({"pc.ram": 64 * PS})
     b.ram_chunk(

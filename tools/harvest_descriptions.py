@@ -86,6 +86,9 @@ def main(argv: list[str]) -> int:
                 continue
             for args, run_s in runs:
                 vmdesc, source = learn.vmdesc_from_qemu(binary, args, run_s)
+                if run_s and "identify_data" not in json.dumps(vmdesc):
+                    print(f"{source}: the firmware identified no disk in {run_s} s", file=sys.stderr)
+                    return 1
                 new = lib.add_vmdesc(vmdesc, source)
                 print(f"{source}: {new} new layouts", file=sys.stderr)
     for path in argv:

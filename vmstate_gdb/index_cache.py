@@ -191,6 +191,7 @@ class PageFile:
         self.maps: list[mmap.mmap] = []
         self.layout: dict[int, tuple[int, int]] = {}  # id(view) -> (offset, count)
         self.small: dict[int, memoryview] = {}  # id(view) -> arrays of under a page: in the tail
+        self.reserved = 0  # bytes the arrays may still take when written: holes do not count as used
 
     @classmethod
     def for_key(cls, key: bytes | None) -> PageFile | None:
@@ -210,12 +211,11 @@ class PageFile:
             return view
         offset = self.end
         self.end += length + -length % mmap.PAGESIZE
-        if not npages:
-            return memoryview(array("q"))
         try:
             fs = os.fstatvfs(self.fd)
-            if fs.f_bavail * fs.f_frsize < length + _DISK_MARGIN:
+            if fs.f_bavail * fs.f_frsize < self.reserved + length + _DISK_MARGIN:
                 raise OSError("the index cache's disk is nearly full")
+            self.reserved += length
             os.ftruncate(self.fd, self.end)
             mm = mmap.mmap(self.fd, length, offset=offset)
         except OSError:  # the cache's disk is full: this open goes on in memory, uncached

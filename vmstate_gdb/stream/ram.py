@@ -25,6 +25,7 @@ from .cursor import Cursor
 
 PAGE_ZERO = 0  # the last record for the page was a ZERO record (or a clear mapped-ram bit)
 PAGE_ABSENT = -1  # no record at all: QEMU's loader leaves such a page as it was
+_ABSENT_CHUNK = 1 << 17  # entries filled at a time (1 MiB)
 
 _BE64 = struct.Struct(">Q")
 
@@ -86,8 +87,10 @@ class RamBlock:
             self.data_pages -= old_data
 
     def fill_absent(self, start: int, end: int) -> None:
-        if end > start:
-            self.pages[start:end] = array("q", [PAGE_ABSENT]) * (end - start)
+        chunk = array("q", [PAGE_ABSENT]) * min(max(end - start, 0), _ABSENT_CHUNK)
+        for at in range(start, end, _ABSENT_CHUNK):  # a block never sent can be 64 GiB of RAM
+            n = min(_ABSENT_CHUNK, end - at)
+            self.pages[at : at + n] = chunk if n == len(chunk) else chunk[:n]
 
     def finish(self) -> None:
         """The scan is over: pages no record named are PAGE_ABSENT."""

@@ -22,11 +22,13 @@ RCTL = {1: "EN", 2: "SBP", 3: "UPE", 4: "MPE", 5: "LPE", 15: "BAM", 18: "VFE", 2
 TCTL = {1: "EN", 3: "PSP", 22: "SWXOFF", 24: "RTLC"}
 INTERRUPTS = {0: "TXDW", 1: "TXQE", 2: "LSC", 3: "RXSEQ", 4: "RXDMT0", 6: "RXO", 7: "RXT0", 9: "MDAC",
               15: "TXD_LOW", 16: "SRPD"}  # fmt: skip
-# the 82574's causes beyond the 8254x's (datasheet 10.2.4.1): per queue, for MSI-X
-INTERRUPTS_82574 = {**INTERRUPTS, 20: "RXQ0", 21: "RXQ1", 22: "TXQ0", 23: "TXQ1", 24: "OTHER",
-                    31: "INT_ASSERTED"}  # fmt: skip
-CTRL_EXT = {12: "SDP3_DATA", 22: "EIAME", 24: "IAME", 26: "DRV_LOAD", 27: "INT_TIMER_CLR", 28: "PBA_SUPPORT"}
-RFCTL = {6: "NFSW_DIS", 7: "NFSR_DIS", 14: "IPV6_DIS", 15: "EXSTEN", 16: "IPFRSP_DIS", 17: "ACKDIS"}
+# the 82574's causes (datasheet 10.2.4.1): the 8254x's but RXSEQ (reserved), and per queue for MSI-X
+INTERRUPTS_82574 = {**{b: n for b, n in INTERRUPTS.items() if b != 3}, 17: "ACK", 18: "MNG", 20: "RXQ0",
+                    21: "RXQ1", 22: "TXQ0", 23: "TXQ1", 24: "OTHER", 31: "INT_ASSERTED"}  # fmt: skip
+CTRL_EXT = {7: "SDP3_DATA", 13: "EE_RST", 17: "RO_DIS", 24: "EIAME", 27: "IAME", 28: "DRV_LOAD",
+            29: "INT_TIMER_CLR", 31: "PBA_CLR"}  # fmt: skip
+RFCTL = {6: "NFSW_DIS", 7: "NFSR_DIS", 10: "IPV6_DIS", 11: "IPV6_XSUM_DIS", 12: "ACK_DIS", 13: "ACKD_DIS",
+         14: "IPFRSP_DIS", 15: "EXSTEN", 16: "IPV6_EX_DIS", 17: "NEW_IPV6_EXT_DIS"}  # fmt: skip
 _DTYP = {0: "legacy", 1: "packet split", 2: "reserved", 3: "reserved"}
 DESCRIPTOR = 16  # bytes: legacy and extended descriptors alike (packet-split RX ones are 32)
 

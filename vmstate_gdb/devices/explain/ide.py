@@ -22,23 +22,22 @@ def address(drive, value) -> tuple[int | str, str]:
     cylinder registers and the sector; LBA48 adds the high-order bytes; with the LBA bit clear it
     is CHS."""
     sel, hcyl, lcyl, sector = (value(f"{drive}/{n}") for n in ("select", "hcyl", "lcyl", "sector"))
-    if value(f"{drive}/lba48"):
-        hob = [value(f"{drive}/hob_{n}") for n in ("hcyl", "lcyl", "sector")]
-        lba = (hob[0] << 16 | hob[1] << 8 | hob[2]) << 24 | hcyl << 16 | lcyl << 8 | sector
-        return lba, "LBA48"
-    if sel & 0x40:
-        lba = (sel & 0xF) << 24 | hcyl << 16 | lcyl << 8 | sector
-        return lba, "LBA28"
+    if sel & 0x40:  # as QEMU's ide_get_sector: the LBA bit first, then the command's width
+        if value(f"{drive}/lba48"):
+            hob = [value(f"{drive}/hob_{n}") for n in ("hcyl", "lcyl", "sector")]
+            return (hob[0] << 16 | hob[1] << 8 | hob[2]) << 24 | hcyl << 16 | lcyl << 8 | sector, "LBA48"
+        return (sel & 0xF) << 24 | hcyl << 16 | lcyl << 8 | sector, "LBA28"
     return f"{hcyl << 8 | lcyl}/{sel & 0xF}/{sector}", "CHS cylinder/head/sector"
 
 
 def prd_entries(memory, address: int) -> list[tuple[int, int, bool]]:
-    """(buffer address, bytes, end of table) of each PRD entry, up to the one marked EOT."""
+    """(buffer address, bytes, end of table) of each PRD entry, up to the one marked EOT; a byte
+    count is even, and 0 means 64 KiB (as QEMU reads it)."""
     out = []
     for i in range(_PRD_MAX):
         raw = memory(address + 8 * i, 8)
         addr, count, flag = struct.unpack("<IHH", raw)
-        out.append((addr & ~1, count or 0x10000, bool(flag & 0x8000)))
+        out.append((addr & ~1, count & 0xFFFE or 0x10000, bool(flag & 0x8000)))  # bmdma_prepare_buf
         if flag & 0x8000:
             break
     return out
