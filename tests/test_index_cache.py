@@ -222,3 +222,28 @@ def test_runs_of_zero_pages_take_no_disk_in_the_entry(stream):
     assert disk < 8 * pages * 0.8, "a good part of this guest's RAM is zero pages in long runs"
     with Snapshot.open(stream) as again:
         assert {name: bytes(b.pages) for name, b in again.index.ram.blocks.items()} == arrays
+
+
+def test_with_the_cache_off_the_arrays_live_in_an_unnamed_file(stream, monkeypatch, tmp_path):
+    """An index that is not kept still keeps its arrays out of memory: in a file with no name in
+    the temporary directory (gone with the process, nothing left behind), equal to a scan in
+    memory."""
+    monkeypatch.setenv("VMSTATE_INDEX_CACHE", "off")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(index_cache.tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    monkeypatch.setattr(index_cache.PageFile, "scratch", classmethod(lambda cls: None))
+    with Snapshot.open(stream) as in_memory:
+        expected = {name: bytes(b.pages) for name, b in in_memory.index.ram.blocks.items()}
+    monkeypatch.undo()
+    monkeypatch.setenv("VMSTATE_INDEX_CACHE", "off")
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(index_cache.tempfile, "tempdir", None)
+    with Snapshot.open(stream) as snap:
+        arrays = {name: bytes(b.pages) for name, b in snap.index.ram.blocks.items()}
+        maps = [line for line in open("/proc/self/maps") if f"{scratch}/#" in line and "(deleted)" in line]
+        assert maps, "the big arrays are mapped from an unnamed file in TMPDIR"
+    assert arrays == expected
+    assert list(scratch.iterdir()) == []
+    assert not list((tmp_path / "cache").glob("*.idx"))

@@ -180,18 +180,32 @@ class PageFile:
     lost.)
     """
 
-    def __init__(self, directory: Path):
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _private(directory):
-            raise OSError(f"{directory} is writable by others")
-        _remove_stale(directory)
-        fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".idx")
+    def __init__(self, directory: Path, named: bool = True):
+        if named:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _private(directory):
+                raise OSError(f"{directory} is writable by others")
+            _remove_stale(directory)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".idx")
+        else:  # a file with no name: gone with the process, whatever happens to it
+            fd, tmp = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600), None
+        self.tmp: str | None = tmp
         self.fd: int | None = fd
         self.end = 0
         self.maps: list[mmap.mmap] = []
         self.layout: dict[int, tuple[int, int]] = {}  # id(view) -> (offset, count)
         self.small: dict[int, memoryview] = {}  # id(view) -> arrays of under a page: in the tail
         self.reserved = 0  # bytes the arrays may still take when written: holes do not count as used
+
+    @classmethod
+    def scratch(cls) -> PageFile | None:
+        """For an index that is not kept (cache off, a file just written): the arrays in an
+        unnamed file in the temporary directory, so memory stays as low as with the cache; None
+        where there is no such file (no O_TMPFILE): the scan goes on in memory."""
+        try:
+            return cls(Path(tempfile.gettempdir()), named=False)
+        except (OSError, AttributeError):
+            return None
 
     @classmethod
     def for_key(cls, key: bytes | None) -> PageFile | None:
@@ -230,8 +244,12 @@ class PageFile:
             with contextlib.suppress(OSError, ValueError):
                 mm.madvise(mmap.MADV_DONTNEED)
 
-    def finish(self, key: bytes, index: StreamIndex) -> None:
-        """Append the rest of the index and give the file its name; the arrays stay mapped."""
+    def finish(self, key: bytes | None, index: StreamIndex) -> None:
+        """Append the rest of the index and give the file its name; the arrays stay mapped.
+        A scratch file (key None) only lets go of its descriptor: its maps keep it."""
+        if self.tmp is None or key is None:
+            self._close_fd()
+            return
         try:
             layout, tail = [], bytearray()
             for name, b in index.ram.blocks.items():
@@ -252,14 +270,24 @@ class PageFile:
         _evict(entry.parent, _MAX_BYTES)
 
     def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
         self._close_fd()
 
     def _close_fd(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def page_arrays(key: bytes | None, size: int) -> PageFile | None:
+    """Where an open builds its page arrays: the cache entry for ``key``; else, for a stream
+    long enough to have many pages, a scratch file; else (None) ordinary memory."""
+    pages = PageFile.for_key(key)
+    if pages is None and size >= _MIN_STREAM:
+        pages = PageFile.scratch()
+    return pages
 
 
 def _pickle_without_arrays(index: StreamIndex, layout) -> bytes:

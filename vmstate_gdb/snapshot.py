@@ -83,7 +83,7 @@ class Snapshot:
                 # mapped-ram offsets are positions in QEMU's channel: the file for plain streams,
                 # the vmstate area for qcow2.
                 channel_base = 0 if source.kind == "qcow2" else origin
-                pages = index_cache.PageFile.for_key(key)
+                pages = index_cache.page_arrays(key, source.size)
                 guard = getattr(source, "no_writers", None)
                 try:
                     with guard() if guard is not None else contextlib.nullcontext():
