@@ -198,23 +198,38 @@ def write_core(
         with AtomicOutput(out) as f:
             f.write(_headers(layout, snap.arch.elf_machine))
             f.write(layout.notes)
+            run = bytearray()  # consecutive data pages, written at run_at in one call
+            run_at = 0
             for r, offset in layout.range_offsets:
                 for page_offset, data in _range_pages(snap, r):
                     if data is None:
                         zero_pages += 1
                     else:
-                        f.seek(offset + page_offset)
-                        f.write(data)
+                        if not run or run_at + len(run) != offset + page_offset or len(run) >= _WRITE_RUN:
+                            _write_at(f, run_at, run)
+                            run_at = offset + page_offset
+                        run += data
                         data_pages += 1
                     done += DATA_ALIGN
                     if progress and not done % (64 << 20):
                         progress(done, total)
+            _write_at(f, run_at, run)
             f.truncate(layout.size)
     except OSError as e:
         raise SaveError(f"cannot write: {e.strerror or e}", out) from None
     if progress:
         progress(total, total)
     return CoreResult(out, layout, data_pages, zero_pages)
+
+
+_WRITE_RUN = 4 << 20  # bytes of consecutive pages gathered into one write
+
+
+def _write_at(f, at: int, run: bytearray) -> None:
+    if run:
+        f.seek(at)
+        f.write(run)
+        run.clear()
 
 
 def _range_pages(snap: Snapshot, r: PhysicalRange) -> Iterator[tuple[int, bytes | None]]:
@@ -225,15 +240,9 @@ def _range_pages(snap: Snapshot, r: PhysicalRange) -> Iterator[tuple[int, bytes 
     if r.block_offset % ps or r.size % ps:
         raise UnsupportedError(f"range {r.start:#x}+{r.size:#x} of {r.block} is not page aligned")
     first = r.block_offset // ps
-    count = r.size // ps
     zero = bytes(ps)
-    for i in range(count):
-        index = first + i
-        if ram.is_zero(block, index):
-            yield i * ps, None
-            continue
-        data = ram.page(block, index)
-        yield i * ps, (None if data == zero else data)
+    for index, data in ram.pages(block, first, r.size // ps):
+        yield (index - first) * ps, (None if data is None or data == zero else data)
 
 
 def read_core_segments(path: str) -> list[Segment]:
