@@ -49,6 +49,7 @@ class GuestRam:
         ps = block.page_size
         stride = ps + 8  # a PAGE record that continues the block: an 8-byte header, the page
         index, end = first, first + count
+        scratch = memoryview(b"")
         while index < end:
             if self.is_zero(block, index):
                 yield index, None
@@ -68,9 +69,17 @@ class GuestRam:
             if n == 1:
                 yield index, self.page(block, index)
             else:
-                chunk = bytes(self.buf[loc : loc + (n - 1) * stride + ps])
+                span = (n - 1) * stride + ps
+                readinto = getattr(self.buf, "readinto", None)
+                if readinto is not None:  # one reused buffer: no fresh 4 MiB per run
+                    if len(scratch) < span:
+                        scratch = memoryview(bytearray(_RUN_BYTES + ps))
+                    readinto(loc, scratch[:span])
+                    chunk = scratch
+                else:
+                    chunk = memoryview(bytes(self.buf[loc : loc + span]))
                 for k in range(n):
-                    yield index + k, chunk[k * stride : k * stride + ps]
+                    yield index + k, bytes(chunk[k * stride : k * stride + ps])
             index += n
 
     def original_page(self, block: RamBlock, index: int) -> bytes:

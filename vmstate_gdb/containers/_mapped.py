@@ -160,6 +160,19 @@ class MappedFile:
         self.check_unchanged(offset)
         return data
 
+    def readinto(self, offset: int, buf: memoryview, what: str) -> None:
+        """File bytes [offset, offset+len(buf)) into ``buf``, checked as :meth:`bytes` reads:
+        for bulk copies that reuse one buffer (a fresh multi-MB object per read costs page faults)."""
+        length = len(buf)
+        self.check(offset, length, what)
+        if self._fd is None:
+            raise FormatError("file is closed", self.path)
+        got = os.preadv(self._fd, [buf], offset) if length else 0
+        if got != length:
+            self.check_unchanged(offset + got)
+            raise FormatError(f"{what}: short read at byte {offset + got:#x}", self.path, offset)
+        self.check_unchanged(offset)
+
     def unpack(self, fmt: str, offset: int, what: str) -> tuple:
         return struct.unpack(fmt, self.bytes(offset, struct.calcsize(fmt), what))
 
@@ -216,6 +229,11 @@ class CheckedView:
 
     def __len__(self) -> int:
         return self.size
+
+    def readinto(self, start: int, buf: memoryview) -> None:
+        if start < 0 or start + len(buf) > self.size:
+            raise IndexError("CheckedView read out of range")
+        self.file.readinto(self.base + start, buf, "read")
 
     def __getitem__(self, key):
         if isinstance(key, slice):

@@ -198,22 +198,24 @@ def write_core(
         with AtomicOutput(out) as f:
             f.write(_headers(layout, snap.arch.elf_machine))
             f.write(layout.notes)
-            run = bytearray()  # consecutive data pages, written at run_at in one call
-            run_at = 0
+            run = memoryview(bytearray(_WRITE_RUN))  # consecutive data pages, one write at run_at
+            filled = run_at = 0
             for r, offset in layout.range_offsets:
                 for page_offset, data in _range_pages(snap, r):
                     if data is None:
                         zero_pages += 1
                     else:
-                        if not run or run_at + len(run) != offset + page_offset or len(run) >= _WRITE_RUN:
-                            _write_at(f, run_at, run)
-                            run_at = offset + page_offset
-                        run += data
+                        n = len(data)
+                        if run_at + filled != offset + page_offset or filled + n > _WRITE_RUN:
+                            _write_at(f, run_at, run[:filled])
+                            filled, run_at = 0, offset + page_offset
+                        run[filled : filled + n] = data
+                        filled += n
                         data_pages += 1
                     done += DATA_ALIGN
                     if progress and not done % (64 << 20):
                         progress(done, total)
-            _write_at(f, run_at, run)
+            _write_at(f, run_at, run[:filled])
             f.truncate(layout.size)
     except OSError as e:
         raise SaveError(f"cannot write: {e.strerror or e}", out) from None
@@ -225,11 +227,10 @@ def write_core(
 _WRITE_RUN = 4 << 20  # bytes of consecutive pages gathered into one write
 
 
-def _write_at(f, at: int, run: bytearray) -> None:
-    if run:
+def _write_at(f, at: int, data: memoryview) -> None:
+    if len(data):
         f.seek(at)
-        f.write(run)
-        run.clear()
+        f.write(data)
 
 
 def _range_pages(snap: Snapshot, r: PhysicalRange) -> Iterator[tuple[int, bytes | None]]:
