@@ -50,6 +50,7 @@ class GuestRam:
         stride = ps + 8  # a PAGE record that continues the block: an 8-byte header, the page
         index, end = first, first + count
         scratch = memoryview(b"")
+        readinto = getattr(self.buf, "readinto", None)  # checked files: into one reused buffer
         while index < end:
             if self.is_zero(block, index):
                 yield index, None
@@ -70,8 +71,7 @@ class GuestRam:
                 yield index, self.page(block, index)
             else:
                 span = (n - 1) * stride + ps
-                readinto = getattr(self.buf, "readinto", None)
-                if readinto is not None:  # one reused buffer: no fresh 4 MiB per run
+                if readinto is not None:  # no fresh 4 MiB object (and its page faults) per run
                     if len(scratch) < span:
                         scratch = memoryview(bytearray(_RUN_BYTES + ps))
                     readinto(loc, scratch[:span])

@@ -154,10 +154,7 @@ class MappedFile:
         if self._fd is None:
             raise FormatError("file is closed", self.path)
         data = os.pread(self._fd, length, offset) if length else b""
-        if len(data) != length:
-            self.check_unchanged(offset + len(data))
-            raise FormatError(f"{what}: short read at byte {offset + len(data):#x}", self.path, offset)
-        self.check_unchanged(offset)
+        self._read_done(offset, len(data), length, what)
         return data
 
     def readinto(self, offset: int, buf: memoryview, what: str) -> None:
@@ -167,7 +164,11 @@ class MappedFile:
         self.check(offset, length, what)
         if self._fd is None:
             raise FormatError("file is closed", self.path)
-        got = os.preadv(self._fd, [buf], offset) if length else 0
+        self._read_done(offset, os.preadv(self._fd, [buf], offset) if length else 0, length, what)
+
+    def _read_done(self, offset: int, got: int, length: int, what: str) -> None:
+        """A read of ``length`` bytes at ``offset`` gave ``got``: short is an error, and either way
+        the file must still be the one that was indexed."""
         if got != length:
             self.check_unchanged(offset + got)
             raise FormatError(f"{what}: short read at byte {offset + got:#x}", self.path, offset)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 
+from ...errors import VmstateError
 from . import Explained, bits, flags, register
 
 STATUS = {7: "BSY", 6: "DRDY", 5: "DF", 4: "DSC", 3: "DRQ", 2: "CORR", 1: "IDX", 0: "ERR"}
@@ -62,7 +63,7 @@ def explain_ide(device, value) -> Explained:
                 )
                 eot = "EOT" if entries[-1][2] else f"no EOT in {_PRD_MAX} entries"
                 text += f": {len(entries)} entries, {total} bytes ({first}; {eot})"
-            except Exception:  # the table is outside RAM: only its address
+            except VmstateError:  # the table is outside RAM: only its address
                 text += " (not in RAM)"
         x.add(f"PRD{ch}", addr, text, f"bmdma[{ch}]/addr", settable=False, hint="set bmdma[N]/addr raw")
         unit = value(f"bus[{ch}]/unit")
