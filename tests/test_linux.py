@@ -295,7 +295,7 @@ def test_gdb_linux_commands_and_types_without_vmlinux(nokaslr):
     rip = nokaslr.snap.cpu(0)["rip"]
     sym = k.prog.symbol(rip)
     offset = f" + {rip - sym.address}" if rip != sym.address else ""  # gdb omits "+ 0"
-    assert f"{sym.name}{offset} in section .kernel" in out
+    assert f"{_gdb_name(sym.name)}{offset} in section .kernel" in out
     btf = k.btf_types.btf
     task_struct = btf.type(btf.find(BTF_KIND_STRUCT, "task_struct"))
     offsets = {m.name: m.bit_offset // 8 for m in task_struct.members}
@@ -307,6 +307,11 @@ def test_gdb_linux_commands_and_types_without_vmlinux(nokaslr):
             if line.startswith("/*")
         ), member
     assert '"swapper/0' in out and "no task with pid 424242" in out
+
+
+def _gdb_name(symbol: str) -> str:
+    """A kallsyms name as gdb prints it: a compiler clone (getname_flags.part.0) without its number."""
+    return re.sub(r"\.\d+$", "", symbol)
 
 
 def _bt_names(out: str, start: str, end: str) -> list[str]:
@@ -363,13 +368,9 @@ def test_gdb_threads_are_the_guests_tasks_and_bt_goes_on_into_user_frames(kaslr)
     assert f'"{text}"' in out, out
     assert re.search(r"^rip\s+0x[0-9a-f]+\s+0x[0-9a-f]+ <__schedule\+\d+>", out, re.M), out
     assert "2 threads, the vCPUs" in out
-    # gdb prints a compiler clone's symbol (getname_flags.part.0) without its number, and a user
-    # frame (a vCPU stopped in a syscall) as ??; a kernel thread's stack ends at pc 0, also ??
-    vcpu1 = [
-        re.sub(r"\.\d+$", "", f.function) if f.function else "??"
-        for f in kernel_stack(k, k.task_on_vcpu_stack(1))
-        if not f.inline
-    ]
+    # a user frame (a vCPU stopped in a syscall) is ??; a kernel thread's stack ends at pc 0, also ??
+    vcpu1 = [_gdb_name(f.function) if f.function else "??" for f in kernel_stack(k, k.task_on_vcpu_stack(1))
+             if not f.inline]  # fmt: skip
     assert _bt_names(out, "==VBT==", "==VEND==") == vcpu1 + ["??"] * (vcpu1[-1] != "??"), out
 
 
